@@ -1,0 +1,1 @@
+"""Data: image-caption readers (webdataset shards, image folders, parquet), preprocessing."""

@@ -1,0 +1,123 @@
+"""The training stream: any dataset plugin -> shuffled, preprocessed, resumable samples.
+
+- Units (shards / files) are shuffled per epoch with a seed, then handed out to distributed
+  ranks and loader workers; with fewer units than readers, records are dealt out instead.
+- Each record is decoded, resized (shorter side, bicubic) and centre-cropped to the
+  encoder's resolution, scaled to [-1, 1]. Unreadable records become ``{"error": ...}``
+  items that the collate function drops and counts, so a bad image never stops training.
+- The stream is endless (epochs follow each other); training length is ``max_steps``.
+- Exact resume: every worker's stream is deterministic and the loader takes batches from
+  workers in turn, so skipping ``k`` batches means each worker drops its share of them
+  (without decoding) and the workers' roles rotate by ``k``.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from collections import Counter
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torchvision.transforms import v2 as T
+
+
+def preprocess(resolution: int):
+    return T.Compose([T.ToImage(), T.Resize(resolution, interpolation=T.InterpolationMode.BICUBIC,
+                                             antialias=True),
+                      T.CenterCrop(resolution), T.ToDtype(torch.float32, scale=True),
+                      T.Normalize([0.5] * 3, [0.5] * 3)])
+
+
+def _open_image(image) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    img = Image.open(io.BytesIO(image))
+    img.load()
+    return img.convert("RGB")
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class ImageCaptionStream(IterableDataset):
+    def __init__(self, source, resolution: int, batch_size: int, seed: int = 0,
+                 shuffle_buffer: int = 256, skip_batches: int = 0):
+        self.source = source
+        self.units = source.units()  # resolve (and check) the files now, in the main process
+        self.transform = preprocess(resolution)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shuffle_buffer = shuffle_buffer
+        self.skip_batches = skip_batches
+
+    def _records(self, reader: int, readers: int, rng: random.Random):
+        epoch = 0
+        while True:
+            units = list(self.units)
+            random.Random(f"{self.seed}-{epoch}").shuffle(units)
+            if len(units) >= readers:  # whole units per reader
+                mine, deal = units[reader::readers], False
+            else:  # too few units: every reader reads all and keeps its share of records
+                mine, deal = units, True
+            index = 0
+            for unit in mine:
+                for record in self.source.read(unit):
+                    if not deal or index % readers == reader:
+                        yield record
+                    index += 1
+            epoch += 1
+
+    def _shuffled(self, records, rng: random.Random):
+        buffer = []
+        for record in records:
+            buffer.append(record)
+            if len(buffer) >= self.shuffle_buffer:
+                yield buffer.pop(rng.randrange(len(buffer)))
+
+    def _sample(self, record: dict) -> dict:
+        if "error" in record:
+            return record
+        caption = (record.get("caption") or "").strip()
+        if not caption:
+            return {"error": "empty caption", "key": record["key"]}
+        try:
+            image = _open_image(record["image"])
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exn:
+            return {"error": f"corrupt image ({type(exn).__name__})", "key": record["key"]}
+        return {"pixels": self.transform(image), "caption": caption}
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        # The loader takes batch k from worker k % workers and always starts at worker 0.
+        # After skipping K batches, loader worker w must therefore continue the stream that
+        # worker (w + K) % workers had, dropping its share of the first K batches.
+        worker = (worker + self.skip_batches) % workers
+        own_skip = max(0, -(-(self.skip_batches - worker) // workers)) * self.batch_size
+        rank, world = _rank_and_world()
+        reader, readers = rank * workers + worker, world * workers
+        rng = random.Random(f"{self.seed}-{reader}")
+        for i, record in enumerate(self._shuffled(self._records(reader, readers, rng), rng)):
+            if i < own_skip:
+                continue
+            yield self._sample(record)
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack good samples; count the skipped ones by reason."""
+    good = [it for it in items if "error" not in it]
+    skipped = Counter(it["error"] for it in items if "error" in it)
+    batch = {"captions": [it["caption"] for it in good], "skipped": dict(skipped)}
+    batch["pixels"] = torch.stack([it["pixels"] for it in good]) if good else None
+    return batch
+
+
+def make_loader(stream: ImageCaptionStream, num_workers: int) -> DataLoader:
+    return DataLoader(stream, batch_size=stream.batch_size, num_workers=num_workers,
+                      collate_fn=collate, persistent_workers=num_workers > 0,
+                      pin_memory=torch.cuda.is_available())

@@ -1,0 +1,1 @@
+"""Evaluation: sampling, the benchmarks (FID, GenEval, DPG-Bench), diversity, callback."""

@@ -1,0 +1,142 @@
+"""The one LightningModule: frozen backbone + frozen encoder + an objective plugin.
+
+Only the backbone's query vectors and the objective's head train. Checkpoints hold just
+those (plus optimizer state): the frozen LM and encoder are reloaded from their configured
+paths, so a checkpoint of a 1B-LM run stays megabytes, not gigabytes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+
+import lightning as L
+import torch
+
+from ablate.backbone import Backbone
+from ablate.config import RunConfig, parse_run, to_dict
+from ablate.registry import get_registry
+
+DEFAULT_NUM_QUERIES = 64  # the paper's N
+FROZEN_PREFIXES = ("backbone.lm.", "encoder.")
+
+
+def build_parts(run: RunConfig):
+    """(encoder, backbone, objective) for a validated run spec."""
+    encoder = get_registry("encoder").build(run.encoder, where="encoder")
+    objective_cls, objective_cfg = get_registry("objective").config(run.objective, "objective")
+    required = objective_cls.required_queries(objective_cfg, encoder.grid_shape)
+    num_queries = run.backbone.num_queries or required or DEFAULT_NUM_QUERIES
+    backbone = Backbone(run.backbone, num_queries)
+    objective = objective_cls(objective_cfg, cond_dim=backbone.hidden_size, num_queries=num_queries,
+                              target_shape=encoder.grid_shape)
+    return encoder, backbone, objective
+
+
+def lr_lambda(run: RunConfig):
+    """Linear warmup, then cosine from ``lr`` down to ``min_lr`` at ``max_steps``."""
+    t = run.train
+    warmup = t.warmup_steps or round(t.warmup_ratio * t.max_steps)
+    floor = t.min_lr / t.lr if t.lr > 0 else 0.0
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, t.max_steps - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+class AblationModule(L.LightningModule):
+    def __init__(self, config: dict):
+        super().__init__()
+        self.save_hyperparameters({"config": config})
+        self.run_cfg = parse_run(config)
+        self.encoder, self.backbone, self.objective = build_parts(self.run_cfg)
+        self.objective.gradient_checkpointing = self.run_cfg.train.gradient_checkpointing
+        self.skipped: Counter = Counter()
+        self.wall_offset = 0.0  # seconds trained before a resume
+        self._start = time.time()
+        # Checkpoints omit the frozen parts; loading must not ask for them.
+        self.strict_loading = False
+
+    @classmethod
+    def from_run(cls, run: RunConfig) -> "AblationModule":
+        return cls(to_dict(run))
+
+    # ---- what trains ----------------------------------------------------------------
+
+    def trainable_parameters(self):
+        return [self.backbone.queries, *(p for p in self.objective.parameters() if p.requires_grad)]
+
+    def configure_optimizers(self):
+        t = self.run_cfg.train
+        opt = torch.optim.AdamW(self.trainable_parameters(), lr=t.lr, betas=tuple(t.betas),
+                                weight_decay=t.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(self.run_cfg))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ---- the step ---------------------------------------------------------------------
+
+    def step_seed(self) -> int:
+        """Noise, time and dropout draws depend only on (seed, step, rank): a resumed run
+        draws exactly what an uninterrupted one would have."""
+        return (self.run_cfg.seed * 1_000_003 + self.global_step * 7919 + self.global_rank) % 2**63
+
+    def wall_time(self) -> float:
+        return self.wall_offset + time.time() - self._start
+
+    def conditioning(self, captions: list[str]) -> torch.Tensor:
+        return self.backbone(captions).float()
+
+    def training_step(self, batch, batch_idx):
+        self.skipped.update(batch.get("skipped", {}))
+        if batch["pixels"] is None:  # every sample of this batch was unreadable
+            return None
+        torch.manual_seed(self.step_seed())
+        with torch.no_grad():
+            target = self.encoder.encode(batch["pixels"])
+        out = self.objective.loss(self.conditioning(batch["captions"]), target)
+        bs = len(batch["captions"])
+        self.log("train/loss", out["loss"], prog_bar=True, batch_size=bs)
+        for key, value in out.items():
+            if key != "loss":
+                self.log(f"train/{key}", value, batch_size=bs)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=bs)
+        self.log("time/wall", self.wall_time(), batch_size=bs)
+        return out["loss"]
+
+    # ---- generation (used by evaluation and `ablate sample`) --------------------------
+
+    @torch.no_grad()
+    def generate_features(self, captions: list[str], generator: torch.Generator | None = None,
+                          steps: int | None = None, guidance: float | None = None,
+                          sampler: str | None = None) -> torch.Tensor:
+        return self.objective.sample(self.conditioning(captions), generator=generator,
+                                     steps=steps, guidance=guidance, sampler=sampler)
+
+    # ---- checkpoints ------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k.startswith(FROZEN_PREFIXES)]:
+            del state[key]
+        checkpoint["ablate"] = {"wall_time": self.wall_time(), "skipped": dict(self.skipped)}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        extra = checkpoint.get("ablate", {})
+        self.wall_offset = extra.get("wall_time", 0.0)
+        self._start = time.time()
+        self.skipped = Counter(extra.get("skipped", {}))
+        # Lightning loads what the checkpoint has; keep the frozen weights already loaded.
+        own = self.state_dict()
+        for key in own:
+            if key.startswith(FROZEN_PREFIXES):
+                checkpoint["state_dict"][key] = own[key]
+
+    @classmethod
+    def load(cls, checkpoint: str, map_location="cpu") -> "AblationModule":
+        """Rebuild a module from a checkpoint (frozen parts from their configured paths)."""
+        return cls.load_from_checkpoint(checkpoint, map_location=map_location, weights_only=False)

@@ -1,0 +1,106 @@
+"""`ablate fit` end to end on tiny models: every cell, frozen parts, exact resume."""
+
+import subprocess
+import sys
+
+import lightning as L
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from ablate.cli import main
+from ablate.config import parse_run
+from ablate.train import fit, read_status
+from conftest import tiny_run_spec, write_spec
+
+CELLS = [("clip", "mse"), ("clip", "flow_matching"), ("vae", "flow_matching"), ("vae", "mse")]
+
+
+@pytest.mark.parametrize("encoder, objective", CELLS)
+def test_fit_cli_every_cell(tiny_models, tiny_shards, tmp_path, encoder, objective):
+    spec = write_spec(tiny_run_spec(tiny_models, tiny_shards, tmp_path / "results", encoder, objective),
+                      tmp_path / "run.yaml")
+    assert main(["fit", str(spec), "--set", "train.max_steps=2"]) == 0
+    run_dir = tmp_path / "results" / "test" / f"{encoder}-{objective}"
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    assert list(metrics["step"]) == [0, 1]
+    assert {"train/loss", "train/lr", "time/wall"} <= set(metrics.columns)
+    assert metrics["train/loss"].notna().all()
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["seed"] == 0 and config["train"]["max_steps"] == 2
+    assert config["provenance"]["packages"]["torch"] == torch.__version__.split("+")[0]
+    assert "commit" in config["provenance"]["git"]
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert read_status(run_dir)["state"] == "finished"
+
+
+def test_fit_refuses_to_clobber_and_overwrites_on_request(tiny_models, tiny_shards, tmp_path, capsys):
+    spec = write_spec(tiny_run_spec(tiny_models, tiny_shards, tmp_path, "vae", "mse", max_steps=1),
+                      tmp_path / "run.yaml")
+    assert main(["fit", str(spec)]) == 0
+    assert main(["fit", str(spec)]) == 2
+    assert "pass --resume to continue it or --overwrite" in capsys.readouterr().err
+    assert main(["fit", str(spec), "--overwrite"]) == 0
+
+
+class Capture(L.Callback):
+    def on_train_start(self, trainer, module):
+        self.module = module
+        self.initial = {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_only_queries_and_objective_head_train(tiny_models, tiny_shards, tmp_path):
+    run = parse_run(tiny_run_spec(tiny_models, tiny_shards, tmp_path, "clip", "flow_matching"))
+    capture = Capture()
+    fit(run, extra_callbacks=(capture,))
+    final = capture.module.state_dict()
+    changed = {k for k, v in capture.initial.items() if not torch.equal(v, final[k])}
+    assert "backbone.queries" in changed
+    assert any(k.startswith("objective.") for k in changed)
+    frozen = [k for k in changed if k.startswith(("backbone.lm.", "encoder."))]
+    assert frozen == []
+    # checkpoints carry only what trains
+    ckpt = torch.load(run.run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert not any(k.startswith(("backbone.lm.", "encoder.")) for k in ckpt["state_dict"])
+
+
+class Interrupt(L.Callback):
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if trainer.global_step == 2:
+            raise RuntimeError("simulated crash")
+
+
+def test_resume_is_exact(tiny_models, tiny_shards, tmp_path):
+    spec = tiny_run_spec(tiny_models, tiny_shards, tmp_path / "a", "clip", "flow_matching",
+                         max_steps=4, checkpoint_every_n_steps=2)
+    straight = fit(parse_run(spec))
+    spec["results_dir"] = str(tmp_path / "b")
+    run = parse_run(spec)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(run, extra_callbacks=(Interrupt(),))
+    assert read_status(run.run_dir)["state"] == "failed"
+    resumed = fit(run, resume=True)
+    a = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=False)
+    b = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=False)
+    assert a["global_step"] == b["global_step"] == 4
+    for key in a["state_dict"]:
+        torch.testing.assert_close(a["state_dict"][key], b["state_dict"][key], atol=1e-6, rtol=1e-5)
+    la = pd.read_csv(straight / "metrics.csv")["train/loss"]
+    mb = pd.read_csv(resumed / "metrics.csv")
+    assert list(mb["step"]) == [0, 1, 2, 3]
+    torch.testing.assert_close(torch.tensor(la.values), torch.tensor(mb["train/loss"].values))
+    assert yaml.safe_load((resumed / "config.yaml").read_text())["provenance"]["resumed_from_step"] == 2
+
+
+def test_console_script_runs_a_fit(tiny_models, tiny_shards, tmp_path):
+    """As a user runs it: the installed `ablate` entry point (through python -m)."""
+    spec = write_spec(tiny_run_spec(tiny_models, tiny_shards, tmp_path, "vae", "mse", max_steps=1),
+                      tmp_path / "run.yaml")
+    out = subprocess.run([sys.executable, "-m", "ablate", "fit", str(spec)], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "results:" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "ablate", "fit", str(spec), "--set", "train.lr=fast"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "train.lr: expected a number, got 'fast'" in bad.stderr
