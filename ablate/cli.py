@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -51,30 +52,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("kind", nargs="?", help="encoder | objective | metric | judge | dataset")
     p.set_defaults(func=_list)
 
-    for extra in EXTRA_COMMANDS:
-        extra(sub)
-    return parser
-
-
-# Later subcommands register here: each is a function(subparsers) in its own module.
-EXTRA_COMMANDS: list = []
-
-
-def _load_extra_commands() -> None:
-    import importlib
-
-    for module in ("ablate.eval.cli", "ablate.study.cli", "ablate.toy.cli", "ablate.bench"):
-        try:
-            mod = importlib.import_module(module)
+    for module in COMMAND_MODULES:
+        try:  # TODO(dev): drop once every command module has landed
+            importlib.import_module(module).add_commands(sub)
         except ModuleNotFoundError as err:
             if err.name != module:
                 raise
-            continue
-        EXTRA_COMMANDS.append(mod.add_commands)
+    return parser
+
+
+# Each of these modules adds its own subcommands with ``add_commands(subparsers)``.
+COMMAND_MODULES = ("ablate.eval.cli", "ablate.study.cli", "ablate.toy.cli", "ablate.bench")
 
 
 def main(argv: list[str] | None = None) -> int:
-    _load_extra_commands()
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")

@@ -246,16 +246,20 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """What to measure and how often (the evaluation issue's callback reads this)."""
+    """What to measure, on what and how often (``ablate.eval.callback.EvalCallback``)."""
 
     every_n_steps: int = 0  # 0: never during training
+    at_start: bool = True  # measure the untrained model too (step 0 of every curve)
     at_end: bool = True
-    metrics: list[dict] = field(default_factory=list)
-    sample_steps: int = 30
-    guidance: float = 3.0
-    sampler: str = "euler"
+    metrics: list[dict] = field(default_factory=list)  # metric plugins: {name: geneval, ...}
+    sample_steps: int | None = None  # None: the objective's default (paper: 30 Euler steps)
+    guidance: float | None = None  # None: the objective's default (paper: 3.0)
+    sampler: str | None = None
     batch_size: int = 16
-    keep_images: int = 8
+    sample_prompts: list[str] = field(default_factory=lambda: [
+        "a red apple on a wooden table", "a photo of two cats", "a blue car left of a tree",
+        "a white teapot"])
+    sample_seed: int = 0  # images under samples/<step>/ use seeds sample_seed + i
 
 
 @dataclass
@@ -287,7 +291,8 @@ def check_plugin_spec(kind: str, spec: Any, where: str) -> None:
         raise ConfigError(f"{where}: expected a mapping with a 'name' key, got {spec!r}")
     cls = get_registry(kind).get(spec["name"], where=f"{where}.name")
     config_cls = getattr(cls, "Config", None)
-    kwargs = {k: v for k, v in spec.items() if k != "name"}
+    # ``label`` names a metric's columns and folders (two FIDs at two resolutions, say)
+    kwargs = {k: v for k, v in spec.items() if k != "name" and not (kind == "metric" and k == "label")}
     if config_cls is not None:
         from_dict(config_cls, kwargs, where)
 

@@ -63,7 +63,7 @@ class AblationModule(L.LightningModule):
         self.strict_loading = False
 
     @classmethod
-    def from_run(cls, run: RunConfig) -> "AblationModule":
+    def from_run(cls, run: RunConfig) -> AblationModule:
         return cls(to_dict(run))
 
     # ---- what trains ----------------------------------------------------------------
@@ -137,6 +137,6 @@ class AblationModule(L.LightningModule):
                 checkpoint["state_dict"][key] = own[key]
 
     @classmethod
-    def load(cls, checkpoint: str, map_location="cpu") -> "AblationModule":
+    def load(cls, checkpoint: str, map_location="cpu") -> AblationModule:
         """Rebuild a module from a checkpoint (frozen parts from their configured paths)."""
         return cls.load_from_checkpoint(checkpoint, map_location=map_location, weights_only=False)

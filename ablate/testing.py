@@ -52,8 +52,14 @@ def tiny_llama(path: str | Path, hidden: int = 32, layers: int = 2, chat_templat
 def tiny_clip(path: str | Path, image_size: int = 32, patch: int = 4, hidden: int = 32,
               kind: str = "clip") -> Path:
     """A CLIP (or SigLIP) model with its image processor config."""
-    from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, SiglipConfig,
-                              SiglipImageProcessor, SiglipModel)
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        SiglipConfig,
+        SiglipImageProcessor,
+        SiglipModel,
+    )
 
     path = Path(path)
     vision = dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,

@@ -123,7 +123,7 @@ def make_callbacks(run: RunConfig, run_dir: Path) -> list:
         from lightning.pytorch.callbacks import TQDMProgressBar
 
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, t.log_every_n_steps)))
-    if run.eval.metrics and (run.eval.every_n_steps or run.eval.at_end):
+    if run.eval.metrics or run.eval.every_n_steps:
         from ablate.eval.callback import EvalCallback
 
         callbacks.append(EvalCallback(run, run_dir))

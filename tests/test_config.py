@@ -1,9 +1,9 @@
 """Specs are validated before anything heavy loads, with messages that name the key."""
 
 import pytest
+from conftest import write_spec
 
 from ablate.config import ConfigError, apply_overrides, load_run, parse_run
-from conftest import write_spec
 
 
 def base_spec(**over):

@@ -6,11 +6,11 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from conftest import write_shards
 from PIL import Image
 
 from ablate.data.stream import ImageCaptionStream, collate, make_loader
 from ablate.registry import get_registry
-from conftest import write_shards
 
 build = get_registry("dataset").build
 

@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import tiny_run_spec, write_spec
 
 from ablate.cli import main
 from ablate.config import parse_run
 from ablate.train import fit, read_status
-from conftest import tiny_run_spec, write_spec
 
 CELLS = [("clip", "mse"), ("clip", "flow_matching"), ("vae", "flow_matching"), ("vae", "mse")]
 

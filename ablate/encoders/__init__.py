@@ -34,7 +34,7 @@ class Encoder(nn.Module):
                **kwargs) -> torch.Tensor:
         raise NotImplementedError
 
-    def freeze(self) -> "Encoder":
+    def freeze(self) -> Encoder:
         self.requires_grad_(False)
         return self.eval()
 

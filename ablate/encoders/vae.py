@@ -32,7 +32,7 @@ class VAEEncoder(Encoder):
         kwargs = {"dtype": getattr(torch, cfg.dtype)}
         try:
             self.vae = AutoencoderKL.from_pretrained(cfg.model, subfolder=cfg.subfolder, **kwargs)
-        except (OSError, EnvironmentError):
+        except OSError:
             if not cfg.subfolder:
                 raise
             self.vae = AutoencoderKL.from_pretrained(cfg.model, **kwargs)  # a bare VAE folder

@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ablate.rng import draw
+
 
 def _load_scheduler(folder: Path):
     import diffusers
@@ -116,9 +118,9 @@ class CLIPDiffusionDecoder(nn.Module):
         batch, device = features.shape[0], features.device
         side = size // self.latent_scale
         channels = self.unet.config.in_channels
-        latents = torch.randn((batch, channels, side, side), generator=generator,
-                              device=generator.device if generator is not None else device)
-        latents = latents.to(device=device, dtype=self.unet.dtype)
+        latents = draw("randn", (batch, channels, side, side), device, self.unet.dtype, generator)
+        if isinstance(generator, (list, tuple)):
+            generator = generator[0]  # the scheduler's own (rare) draws: one stream
         self.scheduler.set_timesteps(steps, device=device)
         latents = latents * self.scheduler.init_noise_sigma
         use_cfg = guidance is not None and guidance != 1.0

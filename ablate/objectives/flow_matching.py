@@ -22,16 +22,14 @@ import torch.nn.functional as F
 from ablate.nets.dit import DiT, DiTConfig
 from ablate.objectives import Objective
 from ablate.registry import register
+from ablate.rng import draw
 
 _FROM_CONTEXT = ("in_channels", "grid", "cond_dim")  # DiTConfig fields set by target/backbone
 
 
 def _random(kind: str, shape, device, dtype=torch.float32, generator=None) -> torch.Tensor:
-    """rand/randn drawn on the generator's device, then moved: a CPU generator gives the same
-    numbers whatever device the model is on."""
-    fn = torch.rand if kind == "rand" else torch.randn
-    where = generator.device if generator is not None else device
-    return fn(shape, generator=generator, device=where, dtype=torch.float32).to(device, dtype)
+    """rand/randn from one generator or one per row (see ``ablate.rng.draw``)."""
+    return draw(kind, shape, device, dtype, generator)
 
 
 def _bcast(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

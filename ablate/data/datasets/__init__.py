@@ -11,7 +11,7 @@ or, for something unreadable (a corrupt image, an empty caption, a truncated sha
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 
 class ImageCaptionSource:

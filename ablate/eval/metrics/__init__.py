@@ -19,7 +19,7 @@ class Metric:
     Config = None
     plugin_name: str = "?"
 
-    def __init__(self, cfg):
+    def __init__(self, cfg=None):
         self.cfg = cfg
 
     def compute(self, generator, out_dir: Path) -> dict[str, float]:

@@ -1,0 +1,106 @@
+"""Evaluation inside training: every N steps (and at start / end), run the configured
+metric plugins, log them to metrics.csv and the loggers, keep a few sample images.
+
+A metric that fails is logged with its error and training goes on; each metric's time is
+logged (``time/eval/<name>``) so the overhead of measuring is visible.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from pathlib import Path
+
+import lightning as L
+
+from ablate.config import RunConfig
+from ablate.eval.sampling import ImageGenerator, save_samples
+from ablate.registry import get_registry
+
+log = logging.getLogger("ablate.eval")
+
+
+def build_metrics(specs: list[dict]) -> list[tuple[str, object]]:
+    """(label, metric) pairs; the label is ``label:`` from the spec or the plugin name."""
+    out = []
+    for i, spec in enumerate(specs):
+        spec = dict(spec)
+        label = spec.pop("label", None) or spec["name"]
+        out.append((label, get_registry("metric").build(spec, where=f"eval.metrics[{i}]")))
+    return out
+
+
+def run_metrics(module, run: RunConfig, step: int, run_dir: Path, metrics=None) -> dict[str, float]:
+    """Every configured metric on ``module`` now; failures become ``eval/error/<name>``."""
+    e = run.eval
+    gen = ImageGenerator(module, steps=e.sample_steps, guidance=e.guidance, sampler=e.sampler,
+                         batch_size=e.batch_size)
+    values: dict[str, float] = {}
+    was_training = module.training
+    module.eval()
+    try:
+        if e.sample_prompts:
+            prompts = list(e.sample_prompts)
+            start = time.time()
+            try:
+                images = gen.images(prompts, [e.sample_seed + i for i in range(len(prompts))])
+                save_samples(images, prompts, run_dir / "samples" / f"{step:07d}")
+            except Exception as exn:  # noqa: BLE001 - a sampling failure must not stop training
+                log.error("step %d: sample images failed: %s", step, exn)
+                values["eval/error/samples"] = 1.0
+            values["time/eval/samples"] = time.time() - start
+        for label, metric in metrics if metrics is not None else build_metrics(e.metrics):
+            start = time.time()
+            out_dir = run_dir / "eval" / f"{step:07d}" / label
+            out_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                values.update({k: float(v) for k, v in metric.compute(gen, out_dir).items()})
+            except Exception as exn:  # noqa: BLE001 - one metric failing never stops the run
+                log.error("step %d: metric %s failed: %s", step, label, exn)
+                (out_dir / "error.txt").write_text(traceback.format_exc())
+                values[f"eval/error/{label}"] = 1.0
+            values[f"time/eval/{label}"] = time.time() - start
+    finally:
+        module.train(was_training)
+    return values
+
+
+class EvalCallback(L.Callback):
+    def __init__(self, run: RunConfig, run_dir: Path):
+        self.run = run
+        self.run_dir = Path(run_dir)
+        self.metrics = build_metrics(run.eval.metrics)  # bad specs fail before training
+        self.last_step = None
+
+    def _evaluate(self, trainer: L.Trainer, module) -> None:
+        step = trainer.global_step
+        if step == self.last_step:
+            return
+        self.last_step = step
+        if trainer.is_global_zero:
+            start = time.time()
+            values = run_metrics(module, self.run, step, self.run_dir, self.metrics)
+            values["time/eval"] = time.time() - start
+            values["time/wall"] = module.wall_time()
+            shown = {k: round(v, 4) for k, v in values.items() if not k.startswith("time/")}
+            log.info("eval at step %d: %s", step, shown)
+            for logger in trainer.loggers:
+                logger.log_metrics(values, step=step)
+                logger.save()
+        if trainer.world_size > 1:
+            trainer.strategy.barrier("ablate-eval")
+
+    def on_train_start(self, trainer, module) -> None:
+        if self.run.eval.at_start and trainer.global_step == 0:
+            self._evaluate(trainer, module)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        n = self.run.eval.every_n_steps
+        if n and trainer.global_step % n == 0 and trainer.global_step < trainer.max_steps:
+            self._evaluate(trainer, module)
+
+    def on_train_end(self, trainer, module) -> None:
+        if self.run.eval.at_end or (self.run.eval.every_n_steps and
+                                    trainer.global_step % self.run.eval.every_n_steps == 0):
+            self._evaluate(trainer, module)

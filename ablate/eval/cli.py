@@ -1,0 +1,41 @@
+"""``ablate eval`` and ``ablate sample``."""
+
+from __future__ import annotations
+
+
+def _eval(args) -> None:
+    from ablate.eval.runner import evaluate_checkpoint
+
+    names = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
+    values = evaluate_checkpoint(args.checkpoint, names, args.set, args.device)
+    for key, value in sorted(values.items()):
+        print(f"{key:<40} {value:.4f}")
+
+
+def _sample(args) -> None:
+    from ablate.eval.runner import sample_checkpoint
+
+    out = sample_checkpoint(args.checkpoint, args.prompt, args.n, args.out, args.steps,
+                            args.guidance, args.device)
+    print(f"samples: {out}")
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("eval", help="run metrics on a checkpoint; append to its metrics.csv")
+    p.add_argument("checkpoint", help="a .ckpt file or a run folder (uses its last.ckpt)")
+    p.add_argument("--metrics", help="comma list of metric labels, e.g. fid,geneval,dpg,diversity "
+                   "(default: every metric in the run's eval.metrics)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override eval settings, e.g. --set eval.sample_steps=50")
+    p.add_argument("--device", help="cpu | cuda (default: cuda when available)")
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser("sample", help="generate images for prompts from a checkpoint")
+    p.add_argument("checkpoint", help="a .ckpt file or a run folder (uses its last.ckpt)")
+    p.add_argument("--prompt", action="append", required=True, help="a prompt (repeatable)")
+    p.add_argument("--n", type=int, default=4, help="images per prompt")
+    p.add_argument("--out", help="output folder (default: <run>/samples/cli-<step>/)")
+    p.add_argument("--steps", type=int, help="sampling steps (default: the objective's)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale")
+    p.add_argument("--device", help="cpu | cuda (default: cuda when available)")
+    p.set_defaults(func=_sample)
