@@ -91,14 +91,18 @@ class AblationModule(L.LightningModule):
     def conditioning(self, captions: list[str]) -> torch.Tensor:
         return self.backbone(captions).float()
 
+    def compute_loss(self, batch) -> dict[str, torch.Tensor]:
+        """The objective's loss dict for one batch of pixels and captions."""
+        with torch.no_grad():
+            target = self.encoder.encode(batch["pixels"])
+        return self.objective.loss(self.conditioning(batch["captions"]), target)
+
     def training_step(self, batch, batch_idx):
         self.skipped.update(batch.get("skipped", {}))
         if batch["pixels"] is None:  # every sample of this batch was unreadable
             return None
         torch.manual_seed(self.step_seed())
-        with torch.no_grad():
-            target = self.encoder.encode(batch["pixels"])
-        out = self.objective.loss(self.conditioning(batch["captions"]), target)
+        out = self.compute_loss(batch)
         bs = len(batch["captions"])
         self.log("train/loss", out["loss"], prog_bar=True, batch_size=bs)
         for key, value in out.items():
