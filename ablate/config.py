@@ -216,7 +216,7 @@ class DataConfig:
     train: dict = field(default_factory=lambda: {"name": "webdataset", "urls": "data/train-{000000..000009}.tar"})
     batch_size: int = 16
     num_workers: int = 2
-    cache_features: bool = False  # encode every training image once and reuse the targets
+    shuffle_buffer: int = 1000  # samples held for shuffling (units are shuffled per epoch too)
 
 
 @dataclass

@@ -90,7 +90,8 @@ def make_logger(run: RunConfig, run_dir: Path, resume_step: int | None):
 def build_train_loader(run: RunConfig, resolution: int, skip_batches: int = 0):
     source = get_registry("dataset").build(run.data.train, where="data.train")
     stream = ImageCaptionStream(source, resolution=resolution, batch_size=run.data.batch_size,
-                                seed=run.seed, skip_batches=skip_batches)
+                                seed=run.seed, shuffle_buffer=run.data.shuffle_buffer,
+                                skip_batches=skip_batches)
     return make_loader(stream, run.data.num_workers)
 
 

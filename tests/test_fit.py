@@ -35,6 +35,14 @@ def test_fit_cli_every_cell(tiny_models, tiny_shards, tmp_path, encoder, objecti
     assert read_status(run_dir)["state"] == "finished"
 
 
+def test_unreadable_samples_are_skipped_counted_and_reported(tiny_models, tiny_shards, tmp_path):
+    spec = tiny_run_spec(tiny_models, tiny_shards, tmp_path, "vae", "mse", max_steps=2)
+    spec["data"].update(batch_size=12, shuffle_buffer=1)  # 2 steps = one pass over both shards
+    run_dir = fit(parse_run(spec))
+    assert read_status(run_dir)["skipped"] == {"corrupt image (UnidentifiedImageError)": 1,
+                                               "empty caption": 1}
+
+
 def test_fit_refuses_to_clobber_and_overwrites_on_request(tiny_models, tiny_shards, tmp_path, capsys):
     spec = write_spec(tiny_run_spec(tiny_models, tiny_shards, tmp_path, "vae", "mse", max_steps=1),
                       tmp_path / "run.yaml")

@@ -1,0 +1,333 @@
+"""The toy world's scene grammar: coloured shapes on a plain background, rendered and captioned.
+
+A scene holds 1-4 non-overlapping objects (shape, colour, size class, centre). Everything is
+deterministic given a ``numpy.random.Generator``; ``render`` takes no randomness at all, so a
+scene's JSON is its full ground truth (for captions, benchmarks and judge validation).
+
+Coordinates: ``x, y`` are the object's centre as fractions of the image side (y grows
+downward, as in image pixels); boxes are ``[x0, y0, x1, y1]`` in pixels of the rendered size.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+# GenEval's ten colour names (its CLIP colour classifier chooses among exactly these).
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30), "orange": (255, 140, 0), "yellow": (250, 220, 20),
+    "green": (30, 150, 50), "blue": (30, 70, 220), "purple": (130, 40, 170),
+    "pink": (255, 120, 190), "brown": (125, 75, 30), "black": (20, 20, 20),
+    "white": (250, 250, 250),
+}
+# Mid/light tinted backgrounds: every object colour (black and white included) keeps an RGB
+# distance of >= ~90 from each of them, so segmentation against the background stays easy.
+BACKGROUNDS: dict[str, tuple[int, int, int]] = {
+    "gray": (128, 128, 128), "beige": (222, 206, 170),
+    "sky": (170, 200, 235), "mint": (170, 222, 190),
+}
+BACKGROUND_WORDS = {"gray": "gray", "beige": "beige", "sky": "light blue", "mint": "light green"}
+SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond", "ring")
+SIZES: dict[str, float] = {"small": 0.24, "medium": 0.31, "large": 0.38}  # side / image side
+NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five"}
+MAX_OBJECTS = 4
+MARGIN = 0.04  # empty border (fraction of the side): the border pixels are pure background
+GAP = 0.07  # minimum empty gap between object boxes, so blur does not merge neighbours
+RING_HOLE = 0.52  # inner / outer radius of a ring
+
+
+def _star(points: int = 5, inner: float = 0.45) -> list[tuple[float, float]]:
+    pts = []
+    for k in range(2 * points):
+        r = 0.5 if k % 2 == 0 else 0.5 * inner
+        a = -math.pi / 2 + k * math.pi / points
+        pts.append((r * math.cos(a), r * math.sin(a)))
+    return pts
+
+
+_ARM = 0.18  # half width of a cross arm, in object units
+# Polygons in object units (the object's size is 1), centred on the object's centre.
+POLYGONS: dict[str, list[tuple[float, float]]] = {
+    "square": [(-0.45, -0.45), (0.45, -0.45), (0.45, 0.45), (-0.45, 0.45)],
+    "triangle": [(0.0, -0.433), (0.5, 0.433), (-0.5, 0.433)],
+    "diamond": [(0.0, -0.5), (0.4, 0.0), (0.0, 0.5), (-0.4, 0.0)],
+    "star": _star(),
+    "cross": [(-_ARM, -0.5), (_ARM, -0.5), (_ARM, -_ARM), (0.5, -_ARM), (0.5, _ARM), (_ARM, _ARM),
+              (_ARM, 0.5), (-_ARM, 0.5), (-_ARM, _ARM), (-0.5, _ARM), (-0.5, -_ARM), (-_ARM, -_ARM)],
+}
+
+
+def shape_extent(shape: str) -> tuple[float, float, float, float]:
+    """(x0, y0, x1, y1) of a shape in object units around its centre."""
+    if shape in ("circle", "ring"):
+        return (-0.5, -0.5, 0.5, 0.5)
+    xs, ys = zip(*POLYGONS[shape])
+    return (min(xs), min(ys), max(xs), max(ys))
+
+
+@dataclass
+class Obj:
+    shape: str
+    color: str
+    size: str  # "small" | "medium" | "large"
+    x: float  # centre, fraction of the image width
+    y: float  # centre, fraction of the image height (downward)
+
+    def box(self, image_size: int = 64) -> list[float]:
+        """Pixel box [x0, y0, x1, y1] of the drawn shape at ``image_size``."""
+        d = SIZES[self.size] * image_size
+        ex0, ey0, ex1, ey1 = shape_extent(self.shape)
+        cx, cy = self.x * image_size, self.y * image_size
+        return [cx + ex0 * d, cy + ey0 * d, cx + ex1 * d, cy + ey1 * d]
+
+    def phrase(self, with_size: bool = False, with_color: bool = True) -> str:
+        words = ([self.size] if with_size else []) + ([self.color] if with_color else [])
+        return " ".join(words + [self.shape])
+
+
+@dataclass
+class Scene:
+    objects: list[Obj] = field(default_factory=list)
+    background: str = "gray"
+
+    def to_dict(self) -> dict:
+        return {"background": self.background, "objects": [asdict(o) for o in self.objects]}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict | str) -> Scene:
+        d = json.loads(d) if isinstance(d, str) else d
+        return cls([Obj(**o) for o in d["objects"]], d["background"])
+
+    def counts(self) -> Counter:
+        return Counter(o.shape for o in self.objects)
+
+
+# ----------------------------------------------------------------------------- geometry
+
+
+def relations(box_a, box_b) -> list[str]:
+    """Spatial relations of A relative to B by GenEval's rule ("left of", "above", ...).
+
+    off = centre(A) - centre(B), shrunk by 10 % of both boxes' dimensions per axis; the
+    direction of what is left decides: a unit component beyond +-0.5 names a relation.
+    """
+    ca = np.array([(box_a[0] + box_a[2]) / 2, (box_a[1] + box_a[3]) / 2])
+    cb = np.array([(box_b[0] + box_b[2]) / 2, (box_b[1] + box_b[3]) / 2])
+    dims = np.array([box_a[2] - box_a[0] + box_b[2] - box_b[0], box_a[3] - box_a[1] + box_b[3] - box_b[1]])
+    off = ca - cb
+    r = np.maximum(np.abs(off) - 0.1 * dims, 0) * np.sign(off)
+    if np.all(np.abs(r) < 1e-3):
+        return []
+    dx, dy = r / np.linalg.norm(off)
+    out = []
+    if dx < -0.5:
+        out.append("left of")
+    if dx > 0.5:
+        out.append("right of")
+    if dy < -0.5:
+        out.append("above")
+    if dy > 0.5:
+        out.append("below")
+    return out
+
+
+def _boxes_clear(a, b, gap: float) -> bool:
+    return a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1]
+
+
+def place(objs: list[Obj], rng: np.random.Generator, check=None, tries: int = 60) -> bool:
+    """Give ``objs`` random non-overlapping centres (in place). ``check(objs) -> bool`` adds a
+    constraint (e.g. a relation). Shrinks the largest object when crowded; False if it failed."""
+    for _round in range(2 * len(objs) + 1):
+        for _ in range(tries):
+            boxes: list[list[float]] = []
+            for o in objs:  # sequential: each object gets a few tries around the placed ones
+                for _ in range(20):
+                    ex0, ey0, ex1, ey1 = (e * SIZES[o.size] for e in shape_extent(o.shape))
+                    o.x = float(rng.uniform(MARGIN - ex0, 1 - MARGIN - ex1))
+                    o.y = float(rng.uniform(MARGIN - ey0, 1 - MARGIN - ey1))
+                    if all(_boxes_clear(o.box(1), b, GAP) for b in boxes):
+                        boxes.append(o.box(1))
+                        break
+                else:
+                    break
+            if len(boxes) == len(objs) and (check is None or check(objs)):
+                return True
+        big = max(objs, key=lambda o: SIZES[o.size])
+        big.size = {"large": "medium", "medium": "small"}.get(big.size, "small")
+    return False
+
+
+def sample_scene(rng: np.random.Generator, n_objects: int | None = None) -> Scene:
+    """A random scene: 1-4 objects (shape, colour, size uniform), random background."""
+    n = int(n_objects or rng.integers(1, MAX_OBJECTS + 1))
+    objs = [Obj(str(rng.choice(SHAPES)), str(rng.choice(list(COLORS))), str(rng.choice(list(SIZES))), 0, 0)
+            for _ in range(n)]
+    if not place(objs, rng):
+        raise RuntimeError(f"could not place {n} objects")
+    return Scene(objs, str(rng.choice(list(BACKGROUNDS))))
+
+
+# ----------------------------------------------------------------------------- rendering
+
+SUPERSAMPLE = 4  # draw at 4x, then box-downsample: exact area antialiasing
+
+
+def render(scene: Scene, size: int = 64) -> Image.Image:
+    """Render ``scene`` as an RGB image of ``size`` x ``size`` pixels (deterministic)."""
+    big = size * SUPERSAMPLE
+    img = Image.new("RGB", (big, big), BACKGROUNDS[scene.background])
+    draw = ImageDraw.Draw(img)
+    for o in scene.objects:
+        d, cx, cy = SIZES[o.size] * big, o.x * big, o.y * big
+        color = COLORS[o.color]
+        if o.shape in ("circle", "ring"):
+            draw.ellipse([cx - d / 2, cy - d / 2, cx + d / 2, cy + d / 2], fill=color)
+            if o.shape == "ring":
+                h = d / 2 * RING_HOLE
+                draw.ellipse([cx - h, cy - h, cx + h, cy + h], fill=BACKGROUNDS[scene.background])
+        else:
+            draw.polygon([(cx + px * d, cy + py * d) for px, py in POLYGONS[o.shape]], fill=color)
+    return img.reduce(SUPERSAMPLE)
+
+
+def ground_truth_detections(scene: Scene, size: int = 64) -> dict[str, list[dict]]:
+    """What a perfect detector would return for ``render(scene, size)`` (judge protocol)."""
+    out: dict[str, list[dict]] = {}
+    for o in scene.objects:
+        out.setdefault(o.shape, []).append({"box": o.box(size), "score": 1.0, "color": o.color})
+    return out
+
+
+# ----------------------------------------------------------------------------- captions
+
+
+def plural(shape: str) -> str:
+    return shape + ("es" if shape.endswith(("s", "x", "sh", "ch")) else "s")
+
+
+def article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def counted(n: int, words: str, shape: str) -> str:
+    """'a red circle' / 'two red circles' (``words`` ends with ``shape``)."""
+    if n == 1:
+        return f"{article(words)} {words}"
+    return f"{NUMBER_WORDS[n]} {words[: len(words) - len(shape)]}{plural(shape)}"
+
+
+def join(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def _groups(scene: Scene, with_color: bool, with_size: bool = False) -> list[str]:
+    keys = Counter(o.phrase(with_size, with_color) for o in scene.objects)
+    shape_of = {o.phrase(with_size, with_color): o.shape for o in scene.objects}
+    return [counted(n, k, shape_of[k]) for k, n in keys.items()]
+
+
+def region(o: Obj) -> str:
+    """Where an object sits, as a prepositional phrase ('in the top left', 'on the right')."""
+    col = "left" if o.x < 0.36 else "right" if o.x > 0.64 else ""
+    row = "top" if o.y < 0.36 else "bottom" if o.y > 0.64 else ""
+    if row and col:
+        return f"in the {row} {col}"
+    return f"at the {row}" if row else f"on the {col}" if col else "in the center"
+
+
+def clear_pairs(scene: Scene) -> list[tuple[Obj, str, Obj]]:
+    """(A, relation, B) for object pairs with exactly one GenEval relation (unambiguous)."""
+    out = []
+    for i, a in enumerate(scene.objects):
+        for j, b in enumerate(scene.objects):
+            rel = relations(a.box(), b.box())
+            if i < j and len(rel) == 1:
+                out.append((a, rel[0], b))
+    return out
+
+
+def caption(scene: Scene, rng: np.random.Generator, style: str = "short") -> str:
+    """A caption for ``scene``: "short" (~5-20 words, GenEval-like) or "detailed" (~40-120)."""
+    if style == "short":
+        return _short(scene, rng)
+    if style == "detailed":
+        return _detailed(scene, rng)
+    raise ValueError(f"caption style must be 'short' or 'detailed', got {style!r}")
+
+
+def _short(scene: Scene, rng: np.random.Generator) -> str:
+    bg = BACKGROUND_WORDS[scene.background]
+    # Shape-only phrasing now and then: GenEval's single/two-object, counting and position
+    # prompts name no colour, so the toy models must learn that form too.
+    groups = join(_groups(scene, with_color=rng.random() > 0.3, with_size=rng.random() < 0.2))
+    pairs = clear_pairs(scene) if len(scene.objects) == 2 else []
+    options = [f"a photo of {groups}", f"{groups} on a {bg} background",
+               f"a simple flat picture of {groups}, {bg} background",
+               f"an image showing {groups} on {bg}"]
+    if pairs:
+        a, rel, b = pairs[int(rng.integers(len(pairs)))]
+        color = rng.random() > 0.4
+        pa, pb = a.phrase(with_color=color), b.phrase(with_color=color)
+        options += [f"a photo of {article(pa)} {pa} {rel} {article(pb)} {pb}"] * 2
+    return str(options[int(rng.integers(len(options)))])
+
+
+def _detailed(scene: Scene, rng: np.random.Generator) -> str:
+    n, bg = len(scene.objects), BACKGROUND_WORDS[scene.background]
+    things = "object" if n == 1 else "objects"
+    opener = [f"The image shows {NUMBER_WORDS[n]} {things} on a plain {bg} background.",
+              f"A flat, minimal illustration with {NUMBER_WORDS[n]} {things} set against a {bg} background.",
+              f"This picture contains {NUMBER_WORDS[n]} simple geometric {things} on a uniform {bg} backdrop."]
+    sentences = [opener[int(rng.integers(3))]]
+    for o in scene.objects:
+        p = o.phrase(with_size=True)
+        sentences.append(str(rng.choice([f"There is {article(p)} {p} {region(o)} of the image.",
+                                         f"{region(o).capitalize()} sits {article(p)} {p}.",
+                                         f"{article(p).capitalize()} {p} is placed {region(o)}."])))
+    counts = scene.counts()
+    shapes = join([counted(c, s, s) for s, c in counts.items()])
+    sentences.append(f"In total the image contains {shapes}.")
+    pairs = clear_pairs(scene)
+    for k in rng.permutation(len(pairs))[:3]:
+        a, rel, b = pairs[int(k)]
+        sentences.append(f"The {a.phrase()} is {rel} the {b.phrase()}.")
+    sentences.append(str(rng.choice(["The shapes have sharp edges and solid colors, and none of them overlap.",
+                                     "Each shape is filled with a single solid color; nothing overlaps.",
+                                     "The style is clean and flat, with no shadows or textures."])))
+    return " ".join(sentences)
+
+
+# ----------------------------------------------------------------------------- datasets
+
+SPLITS = {"train": 0, "validation": 1, "test": 2}  # seed-stream codes: splits never share one
+
+
+def sample_rng(index: int, seed: int, split: str) -> np.random.Generator:
+    """The generator of sample ``index``: independent of every other sample and split."""
+    return np.random.default_rng([seed, SPLITS[split], index])
+
+
+def make_sample(index: int, seed: int = 0, split: str = "train", size: int = 64,
+                short_fraction: float = 0.2) -> tuple[Image.Image, str, dict]:
+    """One (image, caption, scene dict) sample; a ``short_fraction`` of captions are short."""
+    rng = sample_rng(index, seed, split)
+    scene = sample_scene(rng)
+    style = "short" if rng.random() < short_fraction else "detailed"
+    return render(scene, size), caption(scene, rng, style), scene.to_dict()
+
+
+def make_dataset(n: int, seed: int = 0, split: str = "train", size: int = 64,
+                 short_fraction: float = 0.2, start: int = 0) -> Iterator[tuple[Image.Image, str, dict]]:
+    """Samples ``start .. start+n-1`` of a split, deterministically (see ``make_sample``)."""
+    for i in range(start, start + n):
+        yield make_sample(i, seed, split, size, short_fraction)

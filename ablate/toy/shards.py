@@ -1,0 +1,95 @@
+"""Write the toy dataset as webdataset ``.tar`` shards, the BLIP3o-Pretrain layout:
+
+    <out>/train/shards-00000.tar, ...        <out>/validation/shards-00000.tar, ...
+
+each sample ``<key>.jpg`` (or ``.png``) + ``<key>.txt`` (caption) + ``<key>.json`` (the scene,
+ground truth for checks), so the ``webdataset`` dataset plugin reads them like real data.
+Tar members get mtime 0, so the same arguments give byte-identical shards.
+
+    python -m ablate.toy.shards OUT --train 20000 --validation 1000 [--benchmarks]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+from pathlib import Path
+
+import webdataset as wds
+
+from ablate.toy.scenes import make_dataset
+
+SHARD_PATTERN = "shards-%05d.tar"
+
+
+def _encode(image, image_format: str) -> bytes:
+    buf = io.BytesIO()
+    if image_format == "jpg":
+        image.save(buf, "JPEG", quality=95)  # near-lossless: the toy objects stay crisp
+    else:
+        image.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def write_split(out_dir: str | Path, split: str, n: int, seed: int = 0, size: int = 64,
+                shard_size: int = 2000, image_format: str = "jpg", short_fraction: float = 0.2) -> list[Path]:
+    """Write ``n`` samples of ``split`` into ``<out_dir>/<split>/``; returns the shard paths."""
+    if image_format not in ("jpg", "png"):
+        raise ValueError(f"image_format must be 'jpg' or 'png', got {image_format!r}")
+    folder = Path(out_dir) / split
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("shards-*.tar"):  # a rewrite with fewer samples leaves no stale shard
+        old.unlink()
+    paths: list[Path] = []
+    writer = wds.ShardWriter(str(folder / SHARD_PATTERN), maxcount=shard_size, verbose=0, mtime=0,
+                             post=lambda name: paths.append(Path(name)))
+    try:
+        for i, (image, text, scene) in enumerate(make_dataset(n, seed, split, size, short_fraction)):
+            writer.write({"__key__": f"{split}_{i:08d}", image_format: _encode(image, image_format),
+                          "txt": text.encode("utf-8"), "json": json.dumps(scene).encode("utf-8")})
+    finally:
+        writer.close()
+    return paths
+
+
+def shard_urls(paths: list[Path]) -> str:
+    """A brace pattern naming exactly ``paths`` (for the webdataset plugin's ``urls``)."""
+    if len(paths) == 1:
+        return str(paths[0])
+    return str(paths[0].parent / f"shards-{{{0:05d}..{len(paths) - 1:05d}}}.tar")
+
+
+def write_shards(out_dir: str | Path, n_train: int, n_validation: int, seed: int = 0, size: int = 64,
+                 shard_size: int = 2000, image_format: str = "jpg",
+                 short_fraction: float = 0.2) -> dict[str, list[Path]]:
+    """Train and validation shards (disjoint seed streams) under ``out_dir``."""
+    return {split: write_split(out_dir, split, n, seed, size, shard_size, image_format, short_fraction)
+            for split, n in (("train", n_train), ("validation", n_validation))}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out")
+    parser.add_argument("--train", type=int, default=20000)
+    parser.add_argument("--validation", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--shard-size", type=int, default=2000)
+    parser.add_argument("--format", choices=("jpg", "png"), default="jpg")
+    parser.add_argument("--short-fraction", type=float, default=0.2)
+    parser.add_argument("--benchmarks", action="store_true", help="also write the toy benchmarks")
+    args = parser.parse_args(argv)
+    shards = write_shards(args.out, args.train, args.validation, args.seed, args.size, args.shard_size,
+                          args.format, args.short_fraction)
+    for split, paths in shards.items():
+        print(f"{split}: {len(paths)} shard(s), urls: {shard_urls(paths)}")
+    if args.benchmarks:
+        from ablate.toy.benchmarks import write_benchmarks
+
+        for name, path in write_benchmarks(Path(args.out) / "benchmarks", args.seed, size=args.size).items():
+            print(f"{name}: {path}")
+
+
+if __name__ == "__main__":
+    main()
