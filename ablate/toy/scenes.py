@@ -115,29 +115,12 @@ class Scene:
 
 
 def relations(box_a, box_b) -> list[str]:
-    """Spatial relations of A relative to B by GenEval's rule ("left of", "above", ...).
+    """Spatial relations of A relative to B ("left of", "above", ...) by GenEval's own rule,
+    in the fixed order of ``ablate.eval.geneval.RELATIONS``."""
+    from ablate.eval.geneval import RELATIONS, relative_position
 
-    off = centre(A) - centre(B), shrunk by 10 % of both boxes' dimensions per axis; the
-    direction of what is left decides: a unit component beyond +-0.5 names a relation.
-    """
-    ca = np.array([(box_a[0] + box_a[2]) / 2, (box_a[1] + box_a[3]) / 2])
-    cb = np.array([(box_b[0] + box_b[2]) / 2, (box_b[1] + box_b[3]) / 2])
-    dims = np.array([box_a[2] - box_a[0] + box_b[2] - box_b[0], box_a[3] - box_a[1] + box_b[3] - box_b[1]])
-    off = ca - cb
-    r = np.maximum(np.abs(off) - 0.1 * dims, 0) * np.sign(off)
-    if np.all(np.abs(r) < 1e-3):
-        return []
-    dx, dy = r / np.linalg.norm(off)
-    out = []
-    if dx < -0.5:
-        out.append("left of")
-    if dx > 0.5:
-        out.append("right of")
-    if dy < -0.5:
-        out.append("above")
-    if dy > 0.5:
-        out.append("below")
-    return out
+    found = relative_position(box_a, box_b)
+    return [r for r in RELATIONS if r in found]
 
 
 def _boxes_clear(a, b, gap: float) -> bool:
