@@ -71,11 +71,10 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        args.func(args)
+        return args.func(args) or 0
     except (ConfigError, FileNotFoundError, FileExistsError) as err:
         print(f"ablate {args.command}: error: {err}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 import json
 
-from ablate.cli import main
 from conftest import tiny_run_spec, write_spec
+
+from ablate.cli import main
 
 
 def test_bench_json(tiny_models, tiny_shards, tmp_path, capsys):

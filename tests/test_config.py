@@ -68,3 +68,11 @@ def test_dotted_class_path_selects_out_of_tree_plugins():
     assert run.objective["name"].endswith("MSE")
     with pytest.raises(ConfigError, match="cannot import 'nowhere.Thing'"):
         parse_run(base_spec(objective={"name": "nowhere.Thing"}))
+
+
+def test_exponent_numbers_without_a_dot_are_numbers(tmp_path):
+    """YAML 1.1 reads `1e-4` as a string; in a spec or --set it means a number."""
+    spec = base_spec(train={"lr": "1e-4"})
+    assert parse_run(spec).train.lr == 1e-4
+    path = write_spec(base_spec(), tmp_path / "run.yaml")
+    assert load_run(path, ["train.min_lr=5e-6"]).train.min_lr == 5e-6

@@ -1,0 +1,144 @@
+"""A study's runs as one pandas table: ``results/<study>/summary.csv``.
+
+One row per run and logged step. Identity columns first (study, run, cell, seed, state,
+then the cell's axis values from its ``meta``), then ``step``, ``time/wall`` and every metric
+column of the runs' ``metrics.csv``. A step that logged training and evaluation in separate
+rows becomes one row; metrics not computed at a step are NaN.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from ablate.train import read_status
+
+ID_COLUMNS = ["study", "run", "cell", "seed", "state"]
+LOWER_IS_BETTER = ("fid*", "*loss*", "time/*", "eval/error/*")
+
+
+def lower_is_better(metric: str) -> bool:
+    return any(fnmatch.fnmatchcase(metric, p) for p in LOWER_IS_BETTER)
+
+
+def run_dirs(results_dir: str | Path) -> list[Path]:
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise FileNotFoundError(f"{results_dir}: no such results folder")
+    runs = sorted(p.parent for p in results_dir.glob("*/metrics.csv"))
+    if not runs:
+        raise FileNotFoundError(f"{results_dir}: no runs found (expected {results_dir}/<run>/"
+                                "metrics.csv; run `ablate grid` or `ablate sweep` first)")
+    return runs
+
+
+def read_run(run_dir: Path) -> pd.DataFrame:
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    # first() takes each column's first non-NaN value: the train and eval rows of a step merge.
+    metrics = metrics.groupby("step", as_index=False, sort=True).first()
+    if "time/wall" in metrics:  # an eval row after the last train step has no wall time yet
+        metrics["time/wall"] = metrics["time/wall"].ffill()
+    config_path = run_dir / "config.yaml"
+    config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
+    meta = config.get("meta") or {}
+    ids = {"study": config.get("study", run_dir.parent.name), "run": run_dir.name,
+           "cell": meta.get("cell", run_dir.name), "seed": config.get("seed"),
+           "state": read_status(run_dir).get("state", "unknown")}
+    axes = {k: v if isinstance(v, (str, int, float, bool)) or v is None else str(v)
+            for k, v in (meta.get("axes") or {}).items() if k not in ids}
+    frame = pd.concat([pd.DataFrame([{**ids, **axes}] * len(metrics)), metrics], axis=1)
+    frame.attrs["axes"] = list(axes)
+    return frame
+
+
+def run_order(results_dir: Path) -> list[str]:
+    """Run names in the study's own order (study.yaml), so tables and colours follow it."""
+    path = Path(results_dir) / "study.yaml"
+    if not path.is_file():
+        return []
+    return [r["name"] for r in (yaml.safe_load(path.read_text()) or {}).get("runs", [])]
+
+
+def collect(results_dir: str | Path, write: bool = True) -> pd.DataFrame:
+    """Every run under ``results_dir`` (one study folder) as one table; writes summary.csv."""
+    results_dir = Path(results_dir)
+    runs = [read_run(d) for d in run_dirs(results_dir)]
+    frame = pd.concat(runs, ignore_index=True)
+    # Column order is what tells measurements apart later: ids, axes, step, then metrics.
+    axes = list(dict.fromkeys(a for r in runs for a in r.attrs["axes"]))
+    first = ID_COLUMNS + axes + ["step"] + (["time/wall"] if "time/wall" in frame else [])
+    frame = frame[first + [c for c in frame.columns if c not in first]]
+    order = {name: i for i, name in enumerate(run_order(results_dir))}
+    frame["_order"] = frame["run"].map(order).fillna(len(order))
+    frame = frame.sort_values(["_order", "run", "step"], kind="stable").drop(columns="_order")
+    frame = frame.reset_index(drop=True)
+    if write:
+        frame.to_csv(results_dir / "summary.csv", index=False)
+    return frame
+
+
+def metric_columns(frame: pd.DataFrame) -> list[str]:
+    """Numeric columns that are measurements: those after ``step`` (see ``collect``) except
+    the wall time and Lightning's epoch counter."""
+    after = list(frame.columns)[list(frame.columns).index("step") + 1:]
+    return [c for c in after if c not in ("time/wall", "epoch")
+            and pd.api.types.is_numeric_dtype(frame[c])]
+
+
+def final_table(frame: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """Per cell and metric: the last and the best value (min for FID / losses, else max),
+    each the mean over the cell's seeds, with their std and the number of seeds."""
+    long = (frame.melt(id_vars=["cell", "run", "step"], value_vars=metrics, var_name="metric")
+            .dropna(subset=["value"]).sort_values("step", kind="stable"))
+    per_run = long.groupby(["cell", "run", "metric"], sort=False).agg(
+        last=("value", "last"), last_step=("step", "last"), low=("value", "min"),
+        high=("value", "max")).reset_index()
+    lower = per_run["metric"].map(lower_is_better)
+    per_run["best"] = per_run["low"].where(lower, per_run["high"])
+    table = per_run.groupby(["cell", "metric"], sort=False).agg(
+        last=("last", "mean"), last_std=("last", "std"), best=("best", "mean"),
+        best_std=("best", "std"), last_step=("last_step", "max"), seeds=("run", "nunique"))
+    table = table.reset_index()
+    table.insert(2, "better", table["metric"].map(lambda m: "lower" if lower_is_better(m) else "higher"))
+    cells = list(dict.fromkeys(frame["cell"]))
+    table["cell"] = pd.Categorical(table["cell"], cells, ordered=True)
+    table["metric"] = pd.Categorical(table["metric"], metrics, ordered=True)
+    return table.sort_values(["cell", "metric"]).reset_index(drop=True)
+
+
+def _fmt(mean: float, std: float) -> str:
+    if pd.isna(mean):
+        return "–"
+    return f"{mean:.4g} ± {std:.2g}" if pd.notna(std) else f"{mean:.4g}"
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """Cells as rows, ``<metric> last`` / ``<metric> best`` as columns (mean ± std over seeds).
+    (``DataFrame.to_markdown`` needs the optional tabulate package; this is the small part.)"""
+    metrics = list(dict.fromkeys(table["metric"].astype(str)))
+    header = ["cell", "seeds"] + [f"{m} {k}" for m in metrics for k in ("last", "best")]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for cell, group in table.groupby("cell", sort=True, observed=True):
+        by_metric = {str(r.metric): r for r in group.itertuples()}
+        row = [str(cell), str(int(group["seeds"].max()))]
+        for m in metrics:
+            r = by_metric.get(m)
+            row += [_fmt(r.last, r.last_std), _fmt(r.best, r.best_std)] if r else ["–", "–"]
+        lines.append("| " + " | ".join(row) + " |")
+    arrows = ", ".join(f"{m} ({'lower' if lower_is_better(m) else 'higher'} is better)" for m in metrics)
+    return "\n".join(lines) + f"\n\nBest: {arrows}. Values: mean ± std over seeds.\n"
+
+
+def final_value(run_dir: Path, metric: str) -> float:
+    """The last logged value of ``metric`` in a run's metrics.csv (a sweep's objective)."""
+    metrics = pd.read_csv(Path(run_dir) / "metrics.csv")
+    if metric not in metrics:
+        raise ValueError(f"{run_dir}/metrics.csv has no column {metric!r}; logged: "
+                         f"{sorted(c for c in metrics.columns if c != 'step')}")
+    values = metrics.sort_values("step", kind="stable")[metric].dropna()
+    if values.empty:
+        raise ValueError(f"{run_dir}/metrics.csv: {metric!r} was never logged")
+    return float(values.iloc[-1])
