@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 _CACHE = tempfile.mkdtemp(prefix="ablate-test-cache-")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 for _var in ("HF_HOME", "TORCH_HOME", "XDG_CACHE_HOME", "MPLCONFIGDIR"):
     os.environ[_var] = os.path.join(_CACHE, _var.lower())
 os.environ["HF_HUB_OFFLINE"] = "1"
