@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Each of these modules adds its own subcommands with ``add_commands(subparsers)``.
-COMMAND_MODULES = ("ablate.eval.cli", "ablate.study.cli", "ablate.toy.cli", "ablate.bench")
+COMMAND_MODULES = ("ablate.eval.cli", "ablate.study.cli", "ablate.toy.cli", "ablate.toy.demo",
+                   "ablate.bench")
 
 
 def main(argv: list[str] | None = None) -> int:
