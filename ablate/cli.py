@@ -53,11 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_list)
 
     for module in COMMAND_MODULES:
-        try:  # TODO(dev): drop once every command module has landed
-            importlib.import_module(module).add_commands(sub)
-        except ModuleNotFoundError as err:
-            if err.name != module:
-                raise
+        importlib.import_module(module).add_commands(sub)
     return parser
 
 

@@ -98,8 +98,9 @@ def tiny_vae(path: str | Path, latent_channels: int = 4, blocks: int = 2,
 
 
 def tiny_clip_decoder(path: str | Path, cross_attention_dim: int, text_time: bool = True,
-                      with_vae: bool = True, sample_size: int = 32) -> Path:
-    """A CLIP-tokens -> pixels diffusion decoder in the Emu2 / BLIP3-o folder layout."""
+                      with_vae: bool = True, sample_size: int = 32, spatial: bool = False) -> Path:
+    """A CLIP-tokens -> pixels diffusion decoder in the Emu2 / BLIP3-o folder layout
+    (``spatial``: the feature grid also concatenated to the UNet input)."""
     from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
 
     path = Path(path)
@@ -114,7 +115,8 @@ def tiny_clip_decoder(path: str | Path, cross_attention_dim: int, text_time: boo
                      projection_class_embeddings_input_dim=cross_attention_dim + 6 * time_dim)
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
-        sample_size=sample_size, in_channels=latent, out_channels=latent,
+        sample_size=sample_size, in_channels=latent + (cross_attention_dim if spatial else 0),
+        out_channels=latent,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), block_out_channels=(16, 32),
         layers_per_block=1, cross_attention_dim=cross_attention_dim, attention_head_dim=4,

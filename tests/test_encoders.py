@@ -57,6 +57,20 @@ def test_clip_decode_through_diffusion_decoder(tiny_models):
     assert enc.decoder.unet.config.addition_embed_type == "text_time"
 
 
+def test_decoder_with_spatial_feature_input(tiny_models, tmp_path):
+    from ablate.nets.clip_decoder import CLIPDiffusionDecoder
+    from ablate.testing import tiny_clip_decoder
+
+    dec = CLIPDiffusionDecoder.from_pretrained(tiny_clip_decoder(tmp_path / "d", 32, spatial=True))
+    assert dec.spatial_channels == 32 and dec.latent_channels == 4
+    feats, pixels_ = torch.randn(2, 32, 4, 4), pixels()
+    loss = dec.training_loss(feats, pixels_)
+    loss.backward()
+    assert torch.isfinite(loss) and dec.unet.conv_in.weight.grad[:, 4:].abs().sum() > 0
+    out = dec.decode(feats, size=32, steps=2, generator=[torch.Generator().manual_seed(i) for i in range(2)])
+    assert out.shape == (2, 3, 32, 32)
+
+
 def test_clip_without_decoder_says_how_to_get_one(tiny_models):
     enc = build({"name": "clip", "model": str(tiny_models["clip"]), "grid": 4})
     with pytest.raises(RuntimeError, match="ablate train-decoder"):

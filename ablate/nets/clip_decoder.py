@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ablate.rng import draw
@@ -60,6 +61,24 @@ class CLIPDiffusionDecoder(nn.Module):
     # ---- conditioning ----------------------------------------------------------------
 
     @property
+    def latent_channels(self) -> int:
+        return self.vae.config.latent_channels if self.vae is not None else 3
+
+    @property
+    def spatial_channels(self) -> int:
+        """Feature channels concatenated to the UNet input (0: cross-attention only)."""
+        return self.unet.config.in_channels - self.latent_channels
+
+    def unet_input(self, latents: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        if not self.spatial_channels:
+            return latents
+        if features.shape[1] != self.spatial_channels:
+            raise ValueError(f"decoder expects {self.spatial_channels} feature channels, got "
+                             f"{features.shape[1]}")
+        grid = F.interpolate(features.to(latents.dtype), size=latents.shape[-2:], mode="nearest")
+        return torch.cat([latents, grid], dim=1)
+
+    @property
     def latent_scale(self) -> int:
         if self.vae is None:
             return 1
@@ -104,7 +123,7 @@ class CLIPDiffusionDecoder(nn.Module):
         drop = torch.rand(features.shape[0], device=features.device) < cond_dropout
         features = features.masked_fill(drop[:, None, None, None], 0.0)
         cond = self.conditioning(features, pixels.shape[-2], pixels.shape[-1])
-        pred = self.unet(noisy, t, **cond).sample
+        pred = self.unet(self.unet_input(noisy, features), t, **cond).sample
         if self.scheduler.config.prediction_type == "v_prediction":
             target = self.scheduler.get_velocity(latents, noise, t)
         else:
@@ -117,19 +136,19 @@ class CLIPDiffusionDecoder(nn.Module):
         """Sample pixels in [-1, 1] ``[B, 3, size, size]`` for a CLIP feature grid."""
         batch, device = features.shape[0], features.device
         side = size // self.latent_scale
-        channels = self.unet.config.in_channels
+        channels = self.latent_channels
         latents = draw("randn", (batch, channels, side, side), device, self.unet.dtype, generator)
         if isinstance(generator, (list, tuple)):
             generator = generator[0]  # the scheduler's own (rare) draws: one stream
         self.scheduler.set_timesteps(steps, device=device)
         latents = latents * self.scheduler.init_noise_sigma
         use_cfg = guidance is not None and guidance != 1.0
-        cond = self.conditioning(torch.cat([features, torch.zeros_like(features)]) if use_cfg
-                                 else features, size, size)
+        both = torch.cat([features, torch.zeros_like(features)]) if use_cfg else features
+        cond = self.conditioning(both, size, size)
         for t in self.scheduler.timesteps:
             model_in = torch.cat([latents] * 2) if use_cfg else latents
             model_in = self.scheduler.scale_model_input(model_in, t)
-            pred = self.unet(model_in, t, **cond).sample
+            pred = self.unet(self.unet_input(model_in, both), t, **cond).sample
             if use_cfg:
                 pred_cond, pred_null = pred.chunk(2)
                 pred = pred_null + guidance * (pred_cond - pred_null)
