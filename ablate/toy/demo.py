@@ -48,14 +48,15 @@ def default_study() -> Path:
     return Path(__file__).resolve().parents[2] / "experiments" / "demo.yaml"
 
 
-def run_demo(study_path: str | Path | None = None, overrides=()) -> Path:
+def run_demo(study_path: str | Path | None = None, overrides=(), data_scale: float = 1.0) -> Path:
     from ablate.study.grid import run_grid
     from ablate.study.plots import plot
     from ablate.study.spec import load_study
 
     start = time.time()
     study = load_study(study_path or default_study(), overrides)
-    prepare_toy_data()
+    prepare_toy_data(**{k: max(8, int(v * data_scale)) for k, v in TOY_DATA.items()
+                        if k.startswith("n_")})
     outcomes = run_grid(study)
     failed = [o.cell.name for o in outcomes if o.result == "failed"]
     out = plot(study.study_dir)
@@ -68,7 +69,7 @@ def run_demo(study_path: str | Path | None = None, overrides=()) -> Path:
 
 
 def _demo(args) -> None:
-    run_demo(args.study, args.set)
+    run_demo(args.study, args.set, args.data_scale)
 
 
 def add_commands(sub) -> None:
@@ -76,4 +77,6 @@ def add_commands(sub) -> None:
     p.add_argument("--study", help="study spec (default: experiments/demo.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key, e.g. --set train.max_steps=50")
+    p.add_argument("--data-scale", type=float, default=1.0,
+                   help="shrink the toy data and benchmark files (a smoke run)")
     p.set_defaults(func=_demo)

@@ -6,12 +6,11 @@ each sample ``<key>.jpg`` (or ``.png``) + ``<key>.txt`` (caption) + ``<key>.json
 ground truth for checks), so the ``webdataset`` dataset plugin reads them like real data.
 Tar members get mtime 0, so the same arguments give byte-identical shards.
 
-    python -m ablate.toy.shards OUT --train 20000 --validation 1000 [--benchmarks]
+    ablate toy data [--out data/toy] [--scale S]     # shards + the benchmark files
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 from pathlib import Path
@@ -66,30 +65,3 @@ def write_shards(out_dir: str | Path, n_train: int, n_validation: int, seed: int
     """Train and validation shards (disjoint seed streams) under ``out_dir``."""
     return {split: write_split(out_dir, split, n, seed, size, shard_size, image_format, short_fraction)
             for split, n in (("train", n_train), ("validation", n_validation))}
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("out")
-    parser.add_argument("--train", type=int, default=20000)
-    parser.add_argument("--validation", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--shard-size", type=int, default=2000)
-    parser.add_argument("--format", choices=("jpg", "png"), default="jpg")
-    parser.add_argument("--short-fraction", type=float, default=0.2)
-    parser.add_argument("--benchmarks", action="store_true", help="also write the toy benchmarks")
-    args = parser.parse_args(argv)
-    shards = write_shards(args.out, args.train, args.validation, args.seed, args.size, args.shard_size,
-                          args.format, args.short_fraction)
-    for split, paths in shards.items():
-        print(f"{split}: {len(paths)} shard(s), urls: {shard_urls(paths)}")
-    if args.benchmarks:
-        from ablate.toy.benchmarks import write_benchmarks
-
-        for name, path in write_benchmarks(Path(args.out) / "benchmarks", args.seed, size=args.size).items():
-            print(f"{name}: {path}")
-
-
-if __name__ == "__main__":
-    main()
