@@ -18,7 +18,6 @@ from typing import Any, Literal, Union
 
 import yaml
 
-
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")  # 1e-4, 2.5E+3
 
 

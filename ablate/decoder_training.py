@@ -161,7 +161,7 @@ def build_decoder(cross_attention_dim: int, resolution: int, cfg: DecoderNetConf
     if cfg.vae:
         try:
             vae = AutoencoderKL.from_pretrained(cfg.vae, subfolder=cfg.vae_subfolder)
-        except (OSError, EnvironmentError):
+        except OSError:
             if not cfg.vae_subfolder:
                 raise
             vae = AutoencoderKL.from_pretrained(cfg.vae)
