@@ -75,7 +75,6 @@ class DecoderTrainConfig:
     seed: int = 0
     log_every: int = 50
     device: str = "auto"
-    shuffle_buffer: int = 256
 
 
 # ----------------------------------------------------------------------------- sources
@@ -258,7 +257,7 @@ def train_decoder(encoder: dict, data: dict, out_dir: str | Path, steps: int | N
     enc.to(device)
     source = source_obj or build_source(dcfg.train)
     stream = ImageCaptionStream(source, enc.resolution, dcfg.batch_size, seed=tcfg.seed,
-                                shuffle_buffer=tcfg.shuffle_buffer)
+                                shuffle_buffer=dcfg.shuffle_buffer)
     loader = make_loader(stream, dcfg.num_workers if source_obj is None else 0)
 
     decoder = build_decoder(enc.grid_shape[0], enc.resolution, net).to(device)

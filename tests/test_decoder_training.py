@@ -24,8 +24,9 @@ def _clip(models, kind="clip"):
 
 def test_latent_decoder_from_webdataset_loads_in_the_clip_encoder(tiny_models, tiny_shards, tmp_path):
     out = tmp_path / "decoder"
+    # batch 12, no shuffle buffer: 3 steps read one whole epoch, bad records included
     record = train_decoder(_clip(tiny_models), {"train": {"name": "webdataset", "urls": tiny_shards},
-                                                "batch_size": 4, "num_workers": 0},
+                                                "batch_size": 12, "num_workers": 0, "shuffle_buffer": 1},
                            out, steps=3, net={**NET, "vae": str(tiny_models["vae"])}, training=FAST)
     assert record["steps"] == 3 and record["images_seen"] >= 3 * 3
     assert record["skipped_records"] >= 1  # the shards hold a corrupt image and an empty caption
