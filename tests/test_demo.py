@@ -9,9 +9,9 @@ from ablate.toy.demo import default_study
 
 SMALL_METRICS = (
     "[{name: geneval, prompts: data/toy/benchmarks/geneval/evaluation_metadata.jsonl, "
-    "judge: {name: toy-detector}, max_prompts: 6, images_per_prompt: 1}, "
-    "{name: dpg, bench_dir: data/toy/benchmarks/dpg_bench, judge: {name: toy-vqa}, max_prompts: 2}, "
-    "{name: diversity, num_prompts: 2, num_seeds: 2, prompts: [a photo of a red circle, a photo of a star]}]")
+    "judge: {name: toy-detector}, max_prompts: 3, images_per_prompt: 1}, "
+    "{name: dpg, bench_dir: data/toy/benchmarks/dpg_bench, judge: {name: toy-vqa}, max_prompts: 1}, "
+    "{name: diversity, num_prompts: 1, num_seeds: 2, prompts: [a photo of a red circle]}]")
 
 
 def test_shrunk_demo_end_to_end(tmp_path, monkeypatch):
@@ -23,7 +23,8 @@ def test_shrunk_demo_end_to_end(tmp_path, monkeypatch):
     code = main(["demo", "--study", str(study), "--data-scale", "0.02",
                  "--set", "train.max_steps=2", "--set", "eval.every_n_steps=0",
                  "--set", "eval.at_start=false", "--set", "data.batch_size=4",
-                 "--set", "eval.sample_steps=2", "--set", f"eval.metrics={SMALL_METRICS}"])
+                 "--set", "eval.sample_steps=2", "--set", "eval.sample_prompts=[]",
+                 "--set", f"eval.metrics={SMALL_METRICS}"])
     assert code == 0
     results = tmp_path / "results" / "demo"
     summary = pd.read_csv(results / "summary.csv")
