@@ -32,6 +32,28 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
+def _attention_flop_formulas() -> dict:
+    """torch's FLOP formulas for the fused attention kernels assume as many key / value heads
+    as query heads. With grouped-query attention (the DiT's ``kv_heads < heads``) the kernels
+    do the work of K / V repeated to every query head: count that."""
+    from torch.utils import flop_counter as fc
+
+    aten = torch.ops.aten
+
+    def repeat_heads(q, k, v):
+        return q, (k[0], q[1], *k[2:]), (v[0], q[1], *v[2:])
+
+    def forward(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
+        return fc.sdpa_flop_count(*repeat_heads(query_shape, key_shape, value_shape))
+
+    def backward(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
+        return fc.sdpa_backward_flop_count(grad_out_shape, *repeat_heads(query_shape, key_shape, value_shape))
+
+    kernels = ("efficient", "flash", "cudnn")
+    return {**{getattr(aten, f"_scaled_dot_product_{k}_attention"): forward for k in kernels},
+            **{getattr(aten, f"_scaled_dot_product_{k}_attention_backward"): backward for k in kernels}}
+
+
 def bench(run, steps: int = 10, warmup: int = 2, device: str | None = None) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -63,7 +85,7 @@ def bench(run, steps: int = 10, warmup: int = 2, device: str | None = None) -> d
         opt.zero_grad(set_to_none=True)
 
     batch = batch_on_device()
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=_attention_flop_formulas())
     with counter:
         step(batch)
     flops = counter.get_total_flops()

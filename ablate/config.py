@@ -320,5 +320,8 @@ def parse_run(data: dict, source: str = "<spec>") -> RunConfig:
 
 
 def load_run(path: str | Path, overrides=()) -> RunConfig:
-    data = apply_overrides(load_yaml(path), overrides)
-    return parse_run(data, str(path))
+    """A run spec from YAML; a run's recorded ``config.yaml`` loads too (its ``provenance:``
+    says what produced that run and is not an input, so it is set aside)."""
+    data = load_yaml(path)
+    data.pop("provenance", None)
+    return parse_run(apply_overrides(data, overrides), str(path))

@@ -71,6 +71,26 @@ class AblationModule(L.LightningModule):
     def trainable_parameters(self):
         return [self.backbone.queries, *(p for p in self.objective.parameters() if p.requires_grad)]
 
+    def frozen_modules(self) -> list[torch.nn.Module]:
+        """The pretrained parts that never train: the language model and the encoder."""
+        return [self.backbone.lm, self.encoder]
+
+    def on_fit_start(self):
+        # FSDP leaves the modules it ignores (the frozen ones) where they are: put them on
+        # this process's device (a no-op for the other strategies, which moved everything).
+        for m in self.frozen_modules():
+            m.to(self.trainer.strategy.root_device)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        if gradient_clip_val and isinstance(self.trainer.model, FullyShardedDataParallel):
+            # Lightning's FSDP precision plugin refuses norm clipping; FSDP's own method
+            # computes the norm over every shard.
+            self.trainer.model.clip_grad_norm_(gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self):
         t = self.run_cfg.train
         opt = torch.optim.AdamW(self.trainable_parameters(), lr=t.lr, betas=tuple(t.betas),

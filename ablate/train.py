@@ -131,6 +131,19 @@ def make_callbacks(run: RunConfig, run_dir: Path) -> list:
     return callbacks
 
 
+def make_strategy(strategy: str, module):
+    """Lightning's strategy for ``train.strategy``. ``fsdp`` shards only what trains (the
+    queries and the objective's head: the DiT and its optimizer state are what fill memory)
+    and leaves the frozen LM and encoder whole on every device (``ignored_modules``): FSDP
+    cannot flatten their bf16 weights together with fp32 trainables, and they hold no
+    gradients or optimizer state to shard."""
+    if strategy == "fsdp":
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        return FSDPStrategy(ignored_modules=module.frozen_modules())
+    return strategy
+
+
 def fit(run: RunConfig, resume: bool = False, overwrite: bool = False,
         extra_callbacks: tuple = ()) -> Path:
     """Train one run; return its results folder. ``resume`` continues from last.ckpt."""
@@ -163,7 +176,8 @@ def fit(run: RunConfig, resume: bool = False, overwrite: bool = False,
                                     skip_batches=(resume_step or 0) * t.accumulate_grad_batches)
         trainer = L.Trainer(
             max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices,
-            num_nodes=t.num_nodes, strategy=t.strategy, precision=resolve_precision(t.precision),
+            num_nodes=t.num_nodes, strategy=make_strategy(t.strategy, module),
+            precision=resolve_precision(t.precision),
             gradient_clip_val=t.grad_clip or None, accumulate_grad_batches=t.accumulate_grad_batches,
             logger=make_logger(run, run_dir, resume_step), log_every_n_steps=t.log_every_n_steps,
             callbacks=make_callbacks(run, run_dir) + list(extra_callbacks),

@@ -16,3 +16,41 @@ def test_bench_json(tiny_models, tiny_shards, tmp_path, capsys):
     assert result["step_time_s"] > 0 and result["samples_per_s"] > 0
     assert result["flops_per_step"] > 0 and result["params_trainable"] > 0
     assert result["params_frozen"] > 0  # the frozen LM and encoder
+
+
+def test_recorded_run_config_is_a_run_spec(tiny_models, tiny_shards, tmp_path, capsys):
+    """A run's config.yaml (spec + provenance) benches / reloads as it is."""
+    from ablate.config import load_run, to_dict
+    from ablate.provenance import write_run_config
+
+    spec = write_spec(tiny_run_spec(tiny_models, tiny_shards, tmp_path, "vae", "mse"), tmp_path / "run.yaml")
+    run = load_run(spec)
+    recorded = tmp_path / "run" / "config.yaml"
+    write_run_config(run, recorded, {"resumed_from_step": None})
+    assert "provenance" in recorded.read_text()
+    assert to_dict(load_run(recorded)) == to_dict(run)
+    assert main(["bench", str(recorded), "--steps", "1", "--warmup", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["run"] == run.name
+
+
+def test_grouped_query_attention_flops_count_repeated_heads():
+    """The fused kernels' formulas (used on GPU) applied to grouped-query shapes give what the
+    math path counts with K / V repeated to every query head (matmuls, closed form)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ablate.bench import _attention_flop_formulas
+
+    b, heads, kv_heads, s_q, s_k, d = 2, 8, 2, 16, 24, 32
+    q = torch.randn(b, heads, s_q, d)
+    k, v = torch.randn(b, kv_heads, s_k, d), torch.randn(b, kv_heads, s_k, d)
+    expected = 2 * (2 * b * heads * s_q * s_k * d)  # q @ k^T and p @ v
+    with FlopCounterMode(display=False) as counter:  # explicit matmuls on repeated heads
+        kr, vr = k.repeat_interleave(4, dim=1), v.repeat_interleave(4, dim=1)
+        torch.softmax(q @ kr.transpose(-1, -2), -1) @ vr
+    assert counter.get_total_flops() == expected
+    formulas = _attention_flop_formulas()
+    forward = formulas[torch.ops.aten._scaled_dot_product_flash_attention]
+    backward = formulas[torch.ops.aten._scaled_dot_product_flash_attention_backward]
+    assert forward(q.shape, k.shape, v.shape) == expected
+    assert backward(q.shape, q.shape, k.shape, v.shape) == 2.5 * expected  # 5 matmuls backward

@@ -236,3 +236,23 @@ def test_fid_metric(tmp_path):
     first = list(gen.seeds)
     get_registry("metric").build(spec).compute(gen, tmp_path / "out2")
     assert gen.seeds[len(first):] == first  # same seeds every evaluation
+
+
+def test_fid_on_scipy_without_sqrtm_disp(monkeypatch):
+    """SciPy releases after the pinned one dropped ``sqrtm(disp=...)``, which clean-fid 0.1.35
+    passes: the FID must stay the same number there."""
+    import scipy.linalg
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(40, 6)), rng.normal(0.4, 1.2, size=(50, 6))
+    expected = fid.fid_from_features(a, b)
+    sqrtm = scipy.linalg.sqrtm
+
+    def sqrtm_new(matrix, **kwargs):
+        if kwargs:
+            raise TypeError(f"sqrtm() got an unexpected keyword argument {next(iter(kwargs))!r}")
+        return sqrtm(matrix)
+
+    monkeypatch.setattr(scipy.linalg, "sqrtm", sqrtm_new)
+    assert fid.fid_from_features(a, b) == pytest.approx(expected, rel=1e-9)
+    assert expected > 0.1

@@ -112,3 +112,23 @@ def test_console_script_runs_a_fit(tiny_models, tiny_shards, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "ablate", "fit", str(spec), "--set", "train.lr=fast"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "train.lr: expected a number, got 'fast'" in bad.stderr
+
+
+def test_fsdp_shards_only_what_trains(tiny_models, tiny_shards, tmp_path):
+    """``train.strategy: fsdp`` leaves the frozen LM and encoder out of FSDP's flat parameters
+    (bf16 frozen weights cannot be flattened with fp32 trainables, found on an H100); other
+    strategies pass through to Lightning by name. (FSDP itself needs a GPU to run.)"""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from ablate.module import AblationModule
+    from ablate.train import make_strategy
+
+    module = AblationModule.from_run(parse_run(tiny_run_spec(tiny_models, tiny_shards, tmp_path)))
+    strategy = make_strategy("fsdp", module)
+    assert isinstance(strategy, FSDPStrategy)
+    ignored = strategy.kwargs["ignored_modules"]
+    assert ignored == [module.backbone.lm, module.encoder]
+    assert not any(p.requires_grad for m in ignored for p in m.parameters())
+    trainable = {id(p) for p in module.trainable_parameters()}
+    assert not trainable & {id(p) for m in ignored for p in m.parameters()}
+    assert make_strategy("ddp", module) == "ddp" and make_strategy("auto", module) == "auto"

@@ -321,7 +321,30 @@ def fid_from_features(feats1: np.ndarray, feats2: np.ndarray) -> float:
     keeps the features' dtype: ~1e-6 relative difference on float32 features)."""
     from cleanfid.fid import frechet_distance
 
-    return float(frechet_distance(*feature_stats(feats1), *feature_stats(feats2)))
+    stats = (*feature_stats(feats1), *feature_stats(feats2))
+    try:
+        return float(frechet_distance(*stats))
+    except TypeError as err:
+        if "disp" not in str(err):
+            raise
+        return float(_frechet_distance_new_scipy(*stats))
+
+
+def _frechet_distance_new_scipy(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
+    """clean-fid 0.1.35's ``frechet_distance`` for SciPy releases whose ``linalg.sqrtm`` no
+    longer takes ``disp`` (clean-fid passes it; the project's pinned SciPy still accepts it).
+    Same formula and the same eps fallback for a singular product."""
+    from scipy import linalg
+
+    diff = mu1 - mu2
+    covmean = linalg.sqrtm(sigma1.dot(sigma2))
+    if not np.isfinite(covmean).all():
+        offset = np.eye(sigma1.shape[0]) * eps
+        covmean = linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
+    if np.iscomplexobj(covmean) and not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+        raise ValueError(f"FID: imaginary component {np.max(np.abs(covmean.imag))}")
+    covmean = covmean.real
+    return diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean)
 
 
 def fid_by_category(gen: np.ndarray, gen_cats: list[str], ref: np.ndarray, ref_cats: list[str],

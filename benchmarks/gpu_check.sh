@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The GPU checks, as one script: run from the repository root on a CUDA machine.
+#
+#   bash benchmarks/gpu_check.sh [OUT_DIR]                 # every check
+#   CHECKS="strategies bench" bash benchmarks/gpu_check.sh  # some: demo strategies bench real_size
+#
+# 1. the toy study (`ablate demo`) on the GPU in bf16: every path of a CPU demo run, on CUDA;
+# 2. Lightning's DDP and FSDP strategies on one GPU: train, checkpoint, evaluate and sample from it;
+# 3. `ablate bench` of two toy cells on the GPU;
+# 4. benchmarks/real_size.py: step time / memory / MFU of the paper-size cells.
+# Prints figures; logs and tables go to OUT_DIR. If .whl/ holds wheels (a machine without
+# the project's pins and without a package index), they are installed to /tmp/site first.
+set -uo pipefail
+OUT=${OUT:-${1:-/tmp/gpu_check}}
+mkdir -p "$OUT"
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+fi
+export PYTHONPATH=${PYTHONPATH:-$PWD} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+export HF_HOME=/tmp/ablate-hf MPLCONFIGDIR=/tmp/ablate-mpl TORCH_HOME=/tmp/ablate-torch
+A="python3 -m ablate"
+quiet() { grep --line-buffered -vE "it/s\]|Loading weights|Writing model shards|litlogger|TPU available|rank_zero"; }
+section() { echo; echo "=== $* ($(date +%T))"; }
+
+section environment
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch, transformers, diffusers, lightning; print('torch', torch.__version__, 'transformers', transformers.__version__, 'diffusers', diffusers.__version__, 'lightning', lightning.__version__, torch.cuda.get_device_name())"
+
+CHECKS=${CHECKS:-demo strategies bench real_size}
+want() { [[ " $CHECKS " == *" $1 "* ]]; }
+
+section toy data
+$A toy data --out data/toy 2>&1 | tail -2
+
+if want demo; then
+section "ablate demo on the GPU (bf16-mixed)"
+start=$(date +%s)
+$A demo --set study=demo-gpu --set train.accelerator=gpu --set train.precision=bf16-mixed \
+  --set data.num_workers=4 2>&1 | quiet > "$OUT/demo_gpu.log"
+echo "exit $? after $(( $(date +%s) - start )) s"; tail -25 "$OUT/demo_gpu.log"
+cp results/demo-gpu/final_table.md results/demo-gpu/curves_step.png "$OUT/" 2>/dev/null
+fi
+
+want strategies && for strategy in ddp fsdp; do
+  section "strategy $strategy: 20 steps with a checkpoint, then ablate eval / sample from it"
+  run=results/strategy-$strategy/clip+fm-seed0
+  $A grid experiments/demo.yaml --only clip+fm --set study=strategy-$strategy --set train.accelerator=gpu \
+    --set train.devices=1 --set train.strategy=$strategy --set train.precision=bf16-mixed --set train.max_steps=20 \
+    --set train.checkpoint_every_n_steps=10 --set eval.every_n_steps=0 --set eval.at_start=false \
+    --set eval.at_end=false 2>&1 | quiet | tail -4
+  ls $run/checkpoints/ 2>&1 && tail -2 $run/metrics.csv | cut -c1-160
+  $A eval $run --metrics fid,diversity --device cuda 2>&1 | quiet | tail -8
+  $A sample $run --prompt "a photo of a red circle" --n 2 --device cuda 2>&1 | quiet | tail -2
+done
+
+if want bench; then
+section "ablate bench, toy cells (a run's recorded config.yaml is a run spec)"
+for cell in clip+fm vae+fm; do
+  config=results/demo-gpu/$cell-seed0/config.yaml
+  [ -f $config ] || config=results/strategy-ddp/$cell-seed0/config.yaml
+  [ -f $config ] && $A bench $config --set train.strategy=auto --device cuda --steps 20 --warmup 5 2>&1 | quiet | tail -14
+done
+fi
+
+if want real_size; then
+section "paper-size cells (random-init Llama-3.2-1B / CLIP ViT-L/14-336 / FLUX VAE shapes, 1.36 B DiT)"
+python3 benchmarks/real_size.py --out "$OUT/real_size.json" 2>&1 | quiet
+fi
+section done
