@@ -1,27 +1,85 @@
 """`ablate toy build` at a tiny scale: every asset is trained, saved and loads back through
-the same from_pretrained paths the study uses."""
+the same from_pretrained paths the study uses; the shipped assets too, when present."""
 
 import json
 
+import pytest
+import torch
+
 from ablate.cli import main
+from ablate.config import BackboneConfig
 from ablate.registry import get_registry
-from ablate.toy.build import ASSETS, check_assets
+from ablate.toy.build import ASSETS, assets_dir, check_assets
 
 
-def test_toy_build_tiny_scale(tmp_path):
-    out = tmp_path / "assets"
+@pytest.fixture(scope="module")
+def tiny_assets(tmp_path_factory):
+    out = tmp_path_factory.mktemp("toy") / "assets"
     assert main(["toy", "build", "--out", str(out), "--scale", "0.005", "--threads", "2"]) == 0
-    paths = check_assets(out)
+    return out
+
+
+def _load_and_run(root):
+    """Every asset through the harness's own loaders (what a run spec names), run once."""
+    from ablate.backbone import Backbone
+
+    paths = check_assets(root)
     assert set(paths) == set(ASSETS)
-    info = json.loads((out / "build_info.json").read_text())
-    assert set(info["assets"]) == set(ASSETS) and info["provenance"]["packages"]["torch"]
-    assert 0.0 <= info["quality"]["clip_retrieval"]["image_to_text_top1"] <= 1.0
-    enc = get_registry("encoder").build({"name": "clip", "model": str(paths["clip"]), "grid": 8,
-                                         "decoder": str(paths["clip_decoder"]), "decoder_steps": 2})
-    assert enc.grid_shape[1:] == (8, 8) and enc.resolution == 64
+    backbone = Backbone(BackboneConfig(model=str(paths["lm"]), dtype="float32"), num_queries=3)
+    assert backbone.format_prompt("a red circle").startswith("<s><|user|>")  # the chat template path
+    q = backbone(["a red circle on a gray background", "two blue squares"])
+    assert q.shape == (2, 3, backbone.hidden_size) and torch.isfinite(q).all()
+
+    clip = get_registry("encoder").build({"name": "clip", "model": str(paths["clip"]), "grid": 8,
+                                          "decoder": str(paths["clip_decoder"]), "decoder_steps": 2})
+    assert clip.grid_shape == (128, 8, 8) and clip.resolution == 64
+    assert torch.allclose(clip.mean.flatten(), torch.tensor([0.5] * 3))
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    feats = clip.encode(x)
+    assert feats.shape == (2, 128, 8, 8)
+    y = clip.decode(feats, generator=torch.Generator().manual_seed(0))
+    assert y.shape == (2, 3, 64, 64) and torch.isfinite(y).all()
+
     vae = get_registry("encoder").build({"name": "vae", "model": str(paths["vae"]), "subfolder": None,
                                          "resolution": 64})
     assert vae.grid_shape == (4, 16, 16)
+    z = vae.encode(x)
+    assert z.shape == (2, 4, 16, 16) and vae.decode(z).shape == (2, 3, 64, 64)
+
+
+def test_toy_build_tiny_scale(tiny_assets):
+    out = tiny_assets
+    assert {p.name for p in out.iterdir()} >= set(ASSETS) | {"build_info.json", "README.md", "preview.png"}
+    assert not out.with_name("assets.building").exists()  # built aside, then swapped in
+    info = json.loads((out / "build_info.json").read_text())
+    assert set(info["assets"]) == set(ASSETS) and info["provenance"]["packages"]["torch"]
+    assert info["seed"] == 0 and info["scale"] == 0.005 and info["wall_s"] > 0
+    for name in ("lm", "clip", "vae", "clip_decoder"):
+        assert info["assets"][name]["steps"] >= 1
+    q = info["quality"]
+    assert 0.0 <= q["clip_retrieval"]["image_to_text_top1"] <= 1.0 and q["vae"]["mse"] >= 0
+    assert set(q["clip_decoder"]["judge"]) >= {"shapes", "colors", "exact"}
+    assert q["judge_on_originals"]["exact"] == 1.0  # the detector itself sees the true renders
+    vae_cfg = json.loads((out / "vae" / "config.json").read_text())
+    assert vae_cfg["scaling_factor"] == pytest.approx(info["assets"]["vae"]["scaling_factor"])
+    assert "ablate toy build" in (out / "README.md").read_text()
+    _load_and_run(out)
+
+
+def test_check_assets_says_how_to_rebuild(tmp_path, capsys):
+    with pytest.raises(FileNotFoundError, match=r"run `ablate toy build --out .*`"):
+        check_assets(tmp_path)
+    assert main(["toy", "check", str(tmp_path)]) == 2
+    assert "ablate toy build" in capsys.readouterr().err
+
+
+def test_shipped_assets_load_and_stay_small():
+    root = assets_dir()
+    if not (root / "build_info.json").is_file():
+        pytest.skip("no shipped toy assets: run `ablate toy build`")
+    total = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+    assert total < 20 * 2**20
+    _load_and_run(root)
 
 
 def test_toy_data_command(tmp_path, capsys):

@@ -6,7 +6,7 @@
     <assets>/vae/            AutoencoderKL, 64 px -> 4x16x16 latents, scaling_factor from the data
     <assets>/clip_decoder/   unet/ + scheduler/ + vae/: toy CLIP tokens -> pixels
     <assets>/build_info.json how each was built (steps, data, losses, times, versions) + quality
-    <assets>/README.md
+    <assets>/README.md, preview.png (held-out originals / VAE / CLIP-decoder reconstructions)
 
 Everything is deterministic given ``seed`` (up to floating-point thread effects). ``scale``
 shrinks the data and step counts (not the model sizes): 1.0 is the shipped build (about
@@ -25,15 +25,16 @@ import torch
 
 ASSETS = ("tokenizer", "lm", "clip", "vae", "clip_decoder")
 # Data sizes and steps at scale 1.0 (scaled, with floors, by ``build``).
-BASE = {"images": 6000, "lm_steps": 300, "clip_steps": 300, "vae_steps": 1500, "decoder_steps": 800,
+BASE = {"images": 6000, "lm_steps": 120, "clip_steps": 300, "vae_steps": 1000, "decoder_steps": 800,
         "eval_pairs": 256, "eval_decode": 64}
 FLOORS = {"images": 64, "lm_steps": 2, "clip_steps": 2, "vae_steps": 4, "decoder_steps": 2,
           "eval_pairs": 8, "eval_decode": 4}
 BATCH = {"lm": 32, "clip": 64, "vae": 32, "decoder": 32}
-DECODER_NET = {"spatial": True, "channels": [64, 128], "cross_attention": [False, True], "head_dim": 32, "norm_groups": 16,
-               "prediction_type": "v_prediction", "scheduler": "EulerDiscreteScheduler",
+DECODER_NET = {"spatial": True, "channels": [32, 64], "cross_attention": [False, True], "head_dim": 32,
+               "norm_groups": 16, "prediction_type": "v_prediction", "scheduler": "EulerDiscreteScheduler",
                "timestep_spacing": "trailing"}
 DECODE_STEPS, DECODE_GUIDANCE = 20, 2.0  # what the quality check (and the demo) decode with
+GUIDANCE_SWEEP = (1.0, 4.0)  # also judged, on the same scenes
 SHORT_FRACTION = 0.3  # of training captions in the short GenEval-like form
 
 
@@ -107,7 +108,8 @@ def build(out_dir: str | Path | None = None, scale: float = 1.0, seed: int = 0, 
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     n = _scaled(scale)
-    info: dict = {"seed": seed, "scale": scale, "threads": torch.get_num_threads(), "sizes": n,
+    batch = BATCH if scale >= 0.05 else {k: 8 for k in BATCH}  # smoke builds: small batches too
+    info: dict = {"seed": seed, "scale": scale, "threads": torch.get_num_threads(), "sizes": n, "batch": batch,
                   "provenance": _provenance(), "assets": {}, "quality": {}}
     start, cpu0 = time.perf_counter(), time.process_time()
 
@@ -131,30 +133,31 @@ def build(out_dir: str | Path | None = None, scale: float = 1.0, seed: int = 0, 
 
     seeded(1)
     log("training the causal LM")
-    info["assets"]["lm"] = C.train_lm(tokenizer, captions, work / "lm", n["lm_steps"], BATCH["lm"], log=log)
+    info["assets"]["lm"] = C.train_lm(tokenizer, captions, work / "lm", n["lm_steps"], batch["lm"], log=log)
     seeded(2)
     log("training CLIP")
     info["assets"]["clip"] = C.train_clip(tokenizer, images, captions, work / "clip", n["clip_steps"],
-                                          BATCH["clip"], log=log)
+                                          batch["clip"], log=log)
     seeded(3)
     log("training the VAE")
-    info["assets"]["vae"] = C.train_vae(images, work / "vae", n["vae_steps"], BATCH["vae"], log=log)
+    info["assets"]["vae"] = C.train_vae(images, work / "vae", n["vae_steps"], batch["vae"], log=log)
     seeded(4)
     log("training the CLIP decoder")
     encoder = {"name": "clip", "model": str(work / "clip"), "grid": 8}
     record = train_decoder(encoder, {"train": InMemoryPairs(_pil(images), captions),
-                                     "batch_size": BATCH["decoder"], "num_workers": 0},
+                                     "batch_size": batch["decoder"], "num_workers": 0},
                            work / "clip_decoder", n["decoder_steps"],
                            net={**DECODER_NET, "vae": str(work / "vae")},
                            training={"lr": 2e-3, "warmup_steps": max(1, n["decoder_steps"] // 40),
                                      "ema_decay": 0.995, "seed": seed, "log_every": 50}, log=log)
     info["assets"]["clip_decoder"] = {k: record[k] for k in ("steps", "images_seen", "unet_params", "final_loss",
                                                               "wall_s", "cpu_s")}
-    info["assets"]["clip_decoder"].update(net=DECODER_NET, batch_size=BATCH["decoder"], lr=2e-3, ema_decay=0.995)
+    info["assets"]["clip_decoder"].update(net=DECODER_NET, batch_size=batch["decoder"], lr=2e-3, ema_decay=0.995)
 
     log("quality checks on held-out scenes")
     with C.Timer() as t:
-        info["quality"] = quality(work, held_images, held_captions, held_scenes, n["eval_decode"], seed)
+        info["quality"] = quality(work, held_images, held_captions, held_scenes, n["eval_decode"], seed,
+                                  decode_steps=DECODE_STEPS if scale >= 0.1 else 2)
     info["quality"].update(t.info())
     info["wall_s"] = round(time.perf_counter() - start, 1)
     info["cpu_s"] = round(time.process_time() - cpu0, 1)
@@ -170,25 +173,43 @@ def build(out_dir: str | Path | None = None, scale: float = 1.0, seed: int = 0, 
 
 @torch.no_grad()
 def quality(root: Path, images: torch.Tensor, captions: list[str], scenes: list[dict], n_decode: int,
-            seed: int = 0) -> dict:
+            seed: int = 0, decode_steps: int = DECODE_STEPS, guidance: float = DECODE_GUIDANCE) -> dict:
     """CLIP retrieval, VAE reconstruction and CLIP-decoder reconstruction of held-out scenes,
-    the last two judged by the toy detector (do the detected shapes / colours match?)."""
+    the last two judged by the toy detector (do the detected shapes / colours match?).
+    Writes ``preview.png``: originals, VAE and CLIP-decoder reconstructions, one row each."""
     from ablate.registry import get_registry
     from ablate.toy import components as C
 
-    q = {"clip_retrieval": C.clip_retrieval(root / "clip", images, captions)}
-    vae_err, recon = C.vae_reconstruction(root / "vae", images)
-    q["vae"] = {**vae_err, "judge": C.judge_images([C.to_pil(x) for x in recon], scenes)}
+    q: dict = {}
+    with C.Timer() as t:
+        q["clip_retrieval"] = C.clip_retrieval(root / "clip", images, captions)
+    q["clip_retrieval"].update(t.info())
+    with C.Timer() as t:
+        vae_err, recon = C.vae_reconstruction(root / "vae", images)
+        q["vae"] = {**vae_err, "judge": C.judge_images([C.to_pil(x) for x in recon], scenes)}
+    q["vae"].update(t.info())
     q["judge_on_originals"] = C.judge_images(_pil(images[:n_decode]), scenes[:n_decode])
-    enc = get_registry("encoder").build({"name": "clip", "model": str(root / "clip"), "grid": 8,
-                                         "decoder": str(root / "clip_decoder"), "decoder_steps": DECODE_STEPS,
-                                         "decoder_guidance": DECODE_GUIDANCE})
-    x = C.to_unit(images[:n_decode])
-    gen = torch.Generator().manual_seed(seed)
-    decoded = torch.cat([enc.decode(enc.encode(x[i:i + 32]), generator=gen) for i in range(0, len(x), 32)])
-    q["clip_decoder"] = {"steps": DECODE_STEPS, "guidance": DECODE_GUIDANCE,
-                         "mse": round(float((decoded - x).pow(2).mean()), 5),
-                         "judge": C.judge_images([C.to_pil(d) for d in decoded], scenes[:n_decode])}
+    with C.Timer() as t:
+        enc = get_registry("encoder").build({"name": "clip", "model": str(root / "clip"), "grid": 8,
+                                             "decoder": str(root / "clip_decoder"),
+                                             "decoder_steps": decode_steps, "decoder_guidance": guidance})
+        x = C.to_unit(images[:n_decode])
+        gen = torch.Generator().manual_seed(seed)
+        decoded = torch.cat([enc.decode(enc.encode(x[i:i + 32]), generator=gen) for i in range(0, len(x), 32)])
+        q["clip_decoder"] = {"images": len(x), "steps": decode_steps, "guidance": guidance,
+                             "mse": round(float((decoded - x).pow(2).mean()), 5),
+                             "judge": C.judge_images([C.to_pil(d) for d in decoded], scenes[:n_decode])}
+    q["clip_decoder"].update(t.info())
+    sweep = {}  # other guidance scales, on the same scenes (for choosing the runs' decoder_guidance)
+    for g in GUIDANCE_SWEEP:
+        gen = torch.Generator().manual_seed(seed)
+        out = torch.cat([enc.decoder.decode(enc.encode(x[i:i + 32]), 64, decode_steps, g, gen)
+                         for i in range(0, len(x), 32)])
+        sweep[str(g)] = C.judge_images([C.to_pil(d) for d in out], scenes[:n_decode])
+    q["clip_decoder"]["judge_by_guidance"] = sweep
+    k = min(8, len(x))
+    rows = [torch.cat(list(r[:k]), dim=2) for r in (x, recon[:k], decoded[:k])]
+    C.to_pil(torch.cat(rows, dim=1)).save(root / "preview.png")
     return q
 
 
@@ -208,7 +229,7 @@ Rebuild from scratch (about 10-15 minutes on 2 CPU cores): `ablate toy build [--
 | `lm/` | `LlamaForCausalLM`, {a['lm']['params'] / 1e6:.2f} M params, next-token trained on captions | `backbone: {{model: <assets>/lm}}` |
 | `clip/` | `CLIPModel` 64 px, patch 8 (8x8 grid, width 128), contrastive | `encoder: {{name: clip, model: <assets>/clip, grid: 8, decoder: <assets>/clip_decoder}}` |
 | `vae/` | `AutoencoderKL` 64 px -> 4x16x16, scaling_factor {a['vae']['scaling_factor']} | `encoder: {{name: vae, model: <assets>/vae, subfolder: null, resolution: 64}}` |
-| `clip_decoder/` | `UNet2DConditionModel` (text_time) + Euler scheduler + `vae/`: CLIP tokens -> pixels | the clip encoder's `decoder:` |
+| `clip_decoder/` | `UNet2DConditionModel` (text_time; the 8x8 grid cross-attended and, resized, concatenated to its input) + Euler scheduler + `vae/`: CLIP tokens -> pixels | the clip encoder's `decoder:` |
 
 Built with seed {info['seed']}, scale {info['scale']}, {info['threads']} threads in {info['wall_s']:.0f} s
 (wall; {info['cpu_s']:.0f} s CPU). Quality on held-out scenes (see `build_info.json`):
@@ -220,5 +241,15 @@ Built with seed {info['seed']}, scale {info['scale']}, {info['threads']} threads
   (originals: {q['judge_on_originals']['exact']:.0%}).
 - CLIP decoder ({q['clip_decoder']['steps']} steps, guidance {q['clip_decoder']['guidance']}): shapes match in
   {q['clip_decoder']['judge']['shapes']:.0%}, colours in {q['clip_decoder']['judge']['colors']:.0%},
-  both exactly in {q['clip_decoder']['judge']['exact']:.0%} of {q['clip_decoder']['judge']['images']} reconstructions.
+  both exactly in {q['clip_decoder']['judge']['exact']:.0%} of {q['clip_decoder']['judge']['images']} reconstructions
+  (guidance 1 / 4: {q['clip_decoder']['judge_by_guidance'].get('1.0', {}).get('exact', float('nan')):.0%} /
+  {q['clip_decoder']['judge_by_guidance'].get('4.0', {}).get('exact', float('nan')):.0%} exact).
+
+`preview.png`: held-out renders (top), VAE reconstructions (middle), CLIP decoder
+reconstructions from the toy CLIP's 8x8 features (bottom).
+
+The CLIP is trained contrastively plus, to stand in for the dense patch features of a
+web-scale CLIP that a 3-minute toy run cannot learn, a sin-cos position init and an
+auxiliary linear probe on its last-block patch tokens (patch pixels + grid position; the
+probe is discarded). See `ablate/toy/components.py`.
 """

@@ -226,15 +226,22 @@ def _clip_pixels(images_u8: torch.Tensor) -> torch.Tensor:
 
 
 def train_clip(tokenizer, images: torch.Tensor, captions: list[str], out: str | Path, steps: int,
-               batch_size: int = 64, lr: float = 2e-3, hidden: int = 128, vision_layers: int = 4,
+               batch_size: int = 64, lr: float = 1e-3, hidden: int = 128, vision_layers: int = 4,
                text_layers: int = 3, patch: int = 8, max_text_len: int = 77, pos_scale: float = 1.0,
-               log=print) -> dict:
+               dense_weight: float = 1.0, log=print) -> dict:
     """A CLIP trained contrastively on (render, caption) pairs: 64 px, patch 8 -> 8x8 tokens.
 
-    The vision position embeddings start as a 2D sin-cos pattern of ``pos_scale`` times the
-    patch embeddings' typical size (instead of HF's 0.02-std noise): a briefly trained toy
-    CLIP then still has patch tokens that say where they are, as a long-trained real CLIP's
-    do, which the CLIP decoder needs to put things back in place."""
+    Two departures from plain CLIP training, both to give a 3-minute toy CLIP the dense patch
+    features a web-scale CLIP has (the generation target is its patch grid, and the CLIP
+    decoder must put shapes and colours back in place from it):
+
+    - the vision position embeddings start as a 2D sin-cos pattern of ``pos_scale`` times
+      the patch embeddings' typical size (not HF's 0.02-std noise);
+    - ``dense_weight`` x an auxiliary loss: a linear probe on the last block's patch tokens
+      (the features ``encoder.clip`` takes) predicts each patch's pixels and its grid
+      position. The probe is thrown away; only the ``CLIPModel`` is saved. (It also speeds
+      up the contrastive loss: 2.25 vs 2.42 after 300 steps.)
+    """
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
     size = images.shape[-1]
@@ -249,24 +256,38 @@ def train_clip(tokenizer, images: torch.Tensor, captions: list[str], out: str | 
     model = CLIPModel(cfg)
     _strong_positions(model.vision_model.embeddings, size // patch, pos_scale)
     ids, mask = clip_text_ids(tokenizer, captions, max_text_len)
-    opt, sched = _optimizer(model.parameters(), lr, steps, max(1, steps // 20), weight_decay=0.05)
+    side = size // patch
+    grid_pos = sincos_2d(side, 16)  # [side*side, 16] position targets
+    probe = torch.nn.Linear(hidden, 3 * patch * patch + 16)
+    params = list(model.parameters()) + list(probe.parameters())
+    opt, sched = _optimizer(params, lr, steps, max(1, steps // 20), weight_decay=0.05)
     gen = torch.Generator().manual_seed(0)
-    losses = []
+    losses, dense_losses = [], []
     model.train()
     with Timer() as t:
         for step in range(steps):
             idx = torch.randperm(len(images), generator=gen)[:batch_size]
             length = int(mask[idx].sum(1).max())
-            loss = model(input_ids=ids[idx, :length], attention_mask=mask[idx, :length],
-                         pixel_values=_clip_pixels(images[idx]), return_loss=True).loss
+            pixels = _clip_pixels(images[idx])
+            res = model(input_ids=ids[idx, :length], attention_mask=mask[idx, :length],
+                        pixel_values=pixels, return_loss=True)
+            loss = res.loss
+            if dense_weight:
+                tokens = res.vision_model_output.last_hidden_state[:, 1:]  # [B, side*side, hidden]
+                patches = F.unfold(pixels, patch, stride=patch).transpose(1, 2)  # [B, side*side, 3*p*p]
+                target = torch.cat([patches, grid_pos.expand(len(idx), -1, -1)], -1)
+                dense = F.mse_loss(probe(tokens), target)
+                dense_losses.append(dense.item())
+                loss = loss + dense_weight * dense
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
             with torch.no_grad():
                 model.logit_scale.clamp_(0, math.log(100))
-            losses.append(loss.item())
+            losses.append(res.loss.item())
             if step % 50 == 0 or step == steps - 1:
-                log(f"  clip step {step}/{steps} loss {loss.item():.3f}")
+                log(f"  clip step {step}/{steps} contrastive {res.loss.item():.3f}"
+                    + (f" dense {dense_losses[-1]:.3f}" if dense_losses else ""))
     model.eval()
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -275,7 +296,9 @@ def train_clip(tokenizer, images: torch.Tensor, captions: list[str], out: str | 
                        do_convert_rgb=True).save_pretrained(out)
     return {"steps": steps, "batch_size": batch_size, "pairs": len(images), "lr": lr,
             "params": n_params(model), "image_size": size, "patch_size": patch,
-            "final_loss": _tail_mean(losses), **t.info()}
+            "position_init": f"2D sin-cos x {pos_scale}", "dense_weight": dense_weight,
+            "final_loss": _tail_mean(losses),
+            "final_dense_loss": _tail_mean(dense_losses) if dense_losses else None, **t.info()}
 
 
 def _pooled(out) -> torch.Tensor:
