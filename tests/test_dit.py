@@ -106,6 +106,23 @@ def test_cross_attention_is_gated_off_at_init_but_gate_learns():
         assert block.attn.cross_gate.grad.abs().sum() > 0
 
 
+def test_closed_cross_gate_starves_cross_attention_and_an_open_one_does_not():
+    """``cross_gate_init``: with Lumina-Next's closed gate the cross-attention's q/k/v get no
+    gradient at all (the gate's own gradient is all there is); opened, they learn from step
+    one, and the untrained net is still exactly zero (adaLN-Zero gates every block)."""
+    x, t, cond = inputs(tiny_cfg())
+    for gate, learns in ((0.0, False), (1.0, True)):
+        cfg = tiny_cfg(cross_gate_init=gate)
+        net = DiT(cfg)
+        assert torch.equal(net(x, t, cond), torch.zeros_like(x))
+        randomize(net, keep=("cross_gate",))
+        net(x, t, cond).square().mean().backward()
+        for block in net.blocks:
+            assert torch.allclose(block.attn.cross_gate.detach(), torch.full((cfg.heads,), gate))
+            grads = [block.attn.cross_v.weight.grad, block.attn.cross_q.weight.grad]
+            assert all((g.abs().sum() > 0) == learns for g in grads)
+
+
 def test_cond_mask_hides_padding_tokens():
     cfg = tiny_cfg()
     net = DiT(cfg)

@@ -55,6 +55,7 @@ class FlowMatching(Objective):
         adaln_dim: int | None = None
         time_freq_dim: int = 256
         time_scale: float = 1000.0
+        cross_gate_init: float = 0.0  # 0: Lumina-Next's closed gate (see DiTConfig)
         # Training recipe
         time_sampling: Literal["uniform", "logit_normal"] = "uniform"
         logit_normal_mean: float = 0.0  # in the paper's t (t=1 is data): > 0 leans to data
