@@ -48,10 +48,10 @@ class DiTConfig:
     time_freq_dim: int = 256  # sinusoidal timestep features
     time_scale: float = 1000.0  # t in [0, 1] is scaled so the sinusoid uses all its frequencies
     # tanh(cross_gate_init) opens the cross-attention to the condition at init. Lumina-Next
-    # starts it at 0, a saddle: the gate's gradient needs informative cross-attention values
-    # and the cross q/k/v get no gradient while the gate is 0 (a toy run kept every gate
-    # under 0.07 for 2,400 steps and ignored its captions). Blocks still start as the
-    # identity: their adaLN output gates are zero.
+    # starts it at 0, where the cross q/k/v get no gradient until the gate itself has moved
+    # (a 2,400-step toy run kept every gate under 0.07; opening them did not make that run
+    # follow its captions sooner, so 0 stays the default). Blocks still start as the
+    # identity either way: their adaLN output gates are zero.
     cross_gate_init: float = 0.0
 
     def __post_init__(self):
