@@ -60,6 +60,13 @@ def _optimizer(params, lr: float, steps: int, warmup: int, weight_decay: float =
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(steps, warmup))
 
 
+def _update(loss: torch.Tensor, params, opt, sched, max_norm: float = 1.0) -> None:
+    """One optimiser step of the toy trainers: backward, clip, step, schedule, clear."""
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, max_norm)
+    opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
+
+
 def n_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -172,9 +179,7 @@ def train_lm(tokenizer, captions: list[str], out: str | Path, steps: int, batch_
                                                     padding_value=tokenizer.pad_token_id)
             mask = torch.nn.utils.rnn.pad_sequence([torch.ones_like(r) for r in rows], batch_first=True)
             loss = model(input_ids=batch, attention_mask=mask, labels=batch.masked_fill(mask == 0, -100)).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
+            _update(loss, model.parameters(), opt, sched)
             losses.append(loss.item())
             if step % 50 == 0 or step == steps - 1:
                 log(f"  lm step {step}/{steps} loss {loss.item():.3f}")
@@ -279,9 +284,7 @@ def train_clip(tokenizer, images: torch.Tensor, captions: list[str], out: str | 
                 dense = F.mse_loss(probe(tokens), target)
                 dense_losses.append(dense.item())
                 loss = loss + dense_weight * dense
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
+            _update(loss, params, opt, sched)
             with torch.no_grad():
                 model.logit_scale.clamp_(0, math.log(100))
             losses.append(res.loss.item())
@@ -364,9 +367,7 @@ def train_vae(images: torch.Tensor, out: str | Path, steps: int, batch_size: int
             rec = (recon - x).abs().mean() + (recon - x).pow(2).mean()
             kl = post.kl().mean() / post.mean[0].numel()
             loss = rec + kl_weight * kl
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-            opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
+            _update(loss, vae.parameters(), opt, sched)
             losses.append(rec.item())
             if step % 100 == 0 or step == steps - 1:
                 log(f"  vae step {step}/{steps} rec {rec.item():.4f} kl {kl.item():.3f}")
