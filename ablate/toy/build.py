@@ -194,18 +194,20 @@ def quality(root: Path, images: torch.Tensor, captions: list[str], scenes: list[
                                              "decoder": str(root / "clip_decoder"),
                                              "decoder_steps": decode_steps, "decoder_guidance": guidance})
         x = C.to_unit(images[:n_decode])
-        gen = torch.Generator().manual_seed(seed)
-        decoded = torch.cat([enc.decode(enc.encode(x[i:i + 32]), generator=gen) for i in range(0, len(x), 32)])
+        feats = [enc.encode(x[i:i + 32]) for i in range(0, len(x), 32)]
+
+        def decode(g: float) -> torch.Tensor:
+            gen = torch.Generator().manual_seed(seed)
+            return torch.cat([enc.decode(f, generator=gen, guidance=g) for f in feats])
+
+        decoded = decode(guidance)
         q["clip_decoder"] = {"images": len(x), "steps": decode_steps, "guidance": guidance,
                              "mse": round(float((decoded - x).pow(2).mean()), 5),
                              "judge": C.judge_images([C.to_pil(d) for d in decoded], scenes[:n_decode])}
     q["clip_decoder"].update(t.info())
     sweep = {}  # other guidance scales, on the same scenes (for choosing the runs' decoder_guidance)
     for g in GUIDANCE_SWEEP:
-        gen = torch.Generator().manual_seed(seed)
-        out = torch.cat([enc.decoder.decode(enc.encode(x[i:i + 32]), 64, decode_steps, g, gen)
-                         for i in range(0, len(x), 32)])
-        sweep[str(g)] = C.judge_images([C.to_pil(d) for d in out], scenes[:n_decode])
+        sweep[str(g)] = C.judge_images([C.to_pil(d) for d in decode(g)], scenes[:n_decode])
     q["clip_decoder"]["judge_by_guidance"] = sweep
     k = min(8, len(x))
     rows = [torch.cat(list(r[:k]), dim=2) for r in (x, recon[:k], decoded[:k])]
