@@ -71,6 +71,7 @@ class DecoderTrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     cond_dropout: float = 0.1  # whole-grid dropout, for classifier-free guidance at decode time
+    cond_noise: float = 0.0  # conditioning augmentation: noise level ~ U(0, this) x feature std
     ema_decay: float = 0.999  # 0: no EMA; saved weights are the EMA ones otherwise
     seed: int = 0
     log_every: int = 50
@@ -291,7 +292,8 @@ def train_decoder(encoder: dict, data: dict, out_dir: str | Path, steps: int | N
             continue
         pixels = batch["pixels"].to(device)
         features = enc.encode(pixels)
-        loss = decoder.training_loss(features, pixels, cond_dropout=tcfg.cond_dropout)
+        loss = decoder.training_loss(features, pixels, cond_dropout=tcfg.cond_dropout,
+                                     cond_noise=tcfg.cond_noise)
         loss.backward()
         if tcfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip)

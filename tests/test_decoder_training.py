@@ -102,3 +102,26 @@ def test_cli_train_decoder_needs_encoder_and_data(tmp_path, capsys):
     path.write_text("encoder: {name: clip}\n")
     assert main(["train-decoder", str(path), "--out", str(tmp_path / "d")]) == 2
     assert "data: required key is missing" in capsys.readouterr().err
+
+
+def test_conditioning_augmentation_noises_only_the_features_the_unet_sees():
+    from diffusers import DDPMScheduler
+
+    from ablate.decoder_training import DecoderNetConfig, build_decoder
+
+    decoder = build_decoder(8, 16, DecoderNetConfig(**NET, spatial=True))
+    decoder.scheduler = DDPMScheduler.from_config(decoder.scheduler.config)  # as the trainer does
+    seen = []
+    forward = decoder.unet.forward
+    decoder.unet.forward = lambda x, t, **kw: seen.append(kw["encoder_hidden_states"]) or forward(x, t, **kw)
+    features, pixels = torch.randn(4, 8, 2, 2), torch.rand(4, 3, 16, 16) * 2 - 1
+    clean = features.clone()
+    for noise in (0.0, 0.5):
+        torch.manual_seed(0)
+        decoder.training_loss(features, pixels, cond_dropout=0.0, cond_noise=noise)
+    assert torch.equal(features, clean)  # the caller's tensor is untouched
+    tokens = clean.flatten(2).transpose(1, 2)
+    assert torch.equal(seen[0], tokens)  # cond_noise 0: the exact features
+    # per-sample level U(0, 0.5) x the features' std: noised, but never by more than ~0.5 std
+    rel = (seen[1] - tokens).pow(2).mean(dim=(1, 2)).sqrt() / clean.std()
+    assert (rel > 0).all() and (rel < 0.5 * 1.3).all() and rel.std() > 0

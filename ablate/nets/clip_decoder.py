@@ -111,11 +111,19 @@ class CLIPDiffusionDecoder(nn.Module):
         return self.vae.decode(z.to(self.vae.dtype)).sample.clamp(-1, 1)
 
     def training_loss(self, features: torch.Tensor, pixels: torch.Tensor,
-                      cond_dropout: float = 0.1) -> torch.Tensor:
+                      cond_dropout: float = 0.1, cond_noise: float = 0.0) -> torch.Tensor:
         """Denoising loss for reconstructing ``pixels`` from their CLIP ``features``
-        (the Emu2 recipe: the CLIP encoder frozen, the decoder trained)."""
+        (the Emu2 recipe: the CLIP encoder frozen, the decoder trained).
+
+        ``cond_noise`` > 0 adds Gaussian noise of a per-sample level ``U(0, cond_noise)`` times
+        the features' std to the conditioning (the conditioning augmentation of cascaded
+        diffusion models): generated features are never exact, and a decoder that only saw
+        clean ones renders their errors as clutter."""
         with torch.no_grad():
             latents = self.to_latents(pixels)
+            if cond_noise > 0:
+                level = torch.rand(features.shape[0], 1, 1, 1, device=features.device) * cond_noise
+                features = features + level * features.std() * torch.randn_like(features)
         noise = torch.randn_like(latents)
         t = torch.randint(0, self.scheduler.config.num_train_timesteps, (latents.shape[0],),
                           device=latents.device)

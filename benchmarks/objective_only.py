@@ -1,0 +1,114 @@
+"""How many steps does an objective need to learn a study cell's targets? Train its head alone.
+
+A diagnostic for sizing studies (how long must the toy demo train before GenEval can rise?),
+about twice as fast per step as ``ablate fit`` on CPU: the frozen encoder's targets and the
+frozen backbone's query states are computed once for ``--pairs`` training pairs, then only
+the objective's network trains on them, with the run's optimiser settings and learning-rate
+schedule (``ablate.module.lr_lambda``), and the run's ``eval.metrics`` are computed every
+``--every`` steps through the same ``run_metrics`` the training callback uses; they land in
+``<out>/<cell>/metrics.csv``.
+
+What it leaves out, on purpose: the query vectors stay at their initial values (so the
+conditioning is whatever the frozen LM makes of the prompt with untrained queries), which
+makes it a fair test of a flow-matching head's learning speed, not of an MSE head's (there
+the queries are most of what trains).
+
+    python benchmarks/objective_only.py experiments/demo.yaml --cell vae+fm \\
+        --set train.max_steps=3000 --every 1000 [--out results/objective_only]
+
+Figures only; nothing here asserts a target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from ablate.eval.callback import build_metrics, run_metrics
+from ablate.eval.runner import append_metrics
+from ablate.module import AblationModule, lr_lambda
+from ablate.study.spec import load_study
+from ablate.train import build_train_loader
+
+
+@torch.no_grad()
+def cached_pairs(module: AblationModule, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(targets, query states) of the first ``n`` training pairs of the module's run."""
+    targets, conds, seen = [], [], 0
+    for batch in build_train_loader(module.run_cfg, module.encoder.resolution):
+        if batch["pixels"] is None:
+            continue
+        targets.append(module.encoder.encode(batch["pixels"]))
+        conds.append(module.conditioning(batch["captions"]))
+        seen += len(batch["captions"])
+        if seen >= n:
+            break
+    return torch.cat(targets)[:n], torch.cat(conds)[:n]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("study", help="a study YAML (experiments/...)")
+    p.add_argument("--cell", required=True, help="the study cell to train, e.g. vae+fm")
+    p.add_argument("--set", nargs="*", default=[], help="overrides for every cell, key=value")
+    p.add_argument("--pairs", type=int, default=6000, help="training pairs to cache")
+    p.add_argument("--every", type=int, default=500, help="evaluate every N steps")
+    p.add_argument("--out", default="results/objective_only")
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    study = load_study(args.study, args.set)
+    cells = {c.cell: c for c in study.cells}
+    if args.cell not in cells:
+        raise SystemExit(f"{args.study}: no cell {args.cell!r}; the cells are {sorted(cells)}")
+    run = cells[args.cell].run
+    out_dir = Path(args.out) / args.cell
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(json.dumps({"study": args.study, "cell": args.cell, "set": args.set,
+                                                     "pairs": args.pairs}, indent=2) + "\n")
+    torch.manual_seed(run.seed)
+    module = AblationModule.from_run(run)
+    module.eval()
+    start = time.time()
+    targets, conds = cached_pairs(module, args.pairs)
+    print(f"cached {len(targets)} pairs in {time.time() - start:.0f}s: targets {tuple(targets.shape[1:])}, "
+          f"conditioning {tuple(conds.shape[1:])}", flush=True)
+
+    objective, t = module.objective, run.train
+    params = [q for q in objective.parameters() if q.requires_grad]
+    opt = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(run))
+    metrics = build_metrics(run.eval.metrics)
+    order = torch.Generator().manual_seed(run.seed)
+    losses: list[float] = []
+    train_s = 0.0
+    for step in range(1, t.max_steps + 1):
+        tick = time.time()
+        objective.train()
+        idx = torch.randint(0, len(targets), (run.data.batch_size,), generator=order)
+        torch.manual_seed(run.seed * 1_000_003 + step)
+        loss = objective.loss(conds[idx], targets[idx])["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if t.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        train_s += time.time() - tick
+        if step % args.every == 0 or step == t.max_steps:
+            values = run_metrics(module, run, step, out_dir, metrics)
+            values["train/loss"] = sum(losses[-args.every:]) / len(losses[-args.every:])
+            append_metrics(out_dir, step, values)
+            shown = {k: round(v, 3) for k, v in values.items() if not k.startswith("time/")}
+            print(f"step {step}: {shown} (train {train_s:.0f}s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()

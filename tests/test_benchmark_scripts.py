@@ -1,0 +1,28 @@
+"""The diagnostic scripts in benchmarks/ run on a shrunk study (figures only, no targets)."""
+
+import runpy
+import sys
+from pathlib import Path
+
+import pandas as pd
+import yaml
+from conftest import shrink_study, write_spec
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_objective_only_trains_the_head_and_logs_the_run_metrics(tiny_models, tiny_shards, tmp_path,
+                                                                monkeypatch, capsys):
+    spec = shrink_study(yaml.safe_load((ROOT / "experiments" / "demo.yaml").read_text()),
+                        tiny_models, tiny_shards, tmp_path / "results")
+    study = write_spec(spec, tmp_path / "demo.yaml")
+    out = tmp_path / "objective_only"
+    monkeypatch.setattr(sys, "argv", ["objective_only.py", str(study), "--cell", "vae+fm", "--pairs", "6",
+                                      "--every", "2", "--out", str(out), "--set", "train.max_steps=3"])
+    runpy.run_path(str(ROOT / "benchmarks" / "objective_only.py"), run_name="__main__")
+    assert "cached 6 pairs" in capsys.readouterr().out
+    rows = pd.read_csv(out / "vae+fm" / "metrics.csv")
+    assert rows["step"].tolist() == [2, 3]  # every 2 steps and at the last one
+    assert rows["train/loss"].notna().all() and (rows["train/loss"] > 0).all()
+    metric_columns = [c for c in rows.columns if c.split("/")[0] in {"geneval", "dpg", "fid", "diversity"}]
+    assert metric_columns  # the study's own eval.metrics ran
