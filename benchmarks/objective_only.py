@@ -4,7 +4,7 @@ A diagnostic for sizing studies (how long must the toy demo train before GenEval
 about twice as fast per step as ``ablate fit`` on CPU: the frozen encoder's targets and the
 frozen backbone's query states are computed once for ``--pairs`` training pairs, then only
 the objective's network trains on them, with the run's optimiser settings and learning-rate
-schedule (``ablate.module.lr_lambda``), and the run's ``eval.metrics`` are computed every
+schedule (``AblationModule.configure_optimizers``), and the run's ``eval.metrics`` are computed every
 ``--every`` steps through the same ``run_metrics`` the training callback uses; they land in
 ``<out>/<cell>/metrics.csv``.
 
@@ -30,7 +30,7 @@ import torch
 
 from ablate.eval.callback import build_metrics, run_metrics
 from ablate.eval.runner import append_metrics
-from ablate.module import AblationModule, lr_lambda
+from ablate.module import AblationModule
 from ablate.study.spec import load_study
 from ablate.train import build_train_loader
 
@@ -81,9 +81,10 @@ def main() -> None:
           f"conditioning {tuple(conds.shape[1:])}", flush=True)
 
     objective, t = module.objective, run.train
+    # the run's own optimiser and schedule; the query vectors in it get no gradient here
+    optimizers = module.configure_optimizers()
+    opt, sched = optimizers["optimizer"], optimizers["lr_scheduler"]["scheduler"]
     params = [q for q in objective.parameters() if q.requires_grad]
-    opt = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(run))
     metrics = build_metrics(run.eval.metrics)
     order = torch.Generator().manual_seed(run.seed)
     losses: list[float] = []
