@@ -6,7 +6,7 @@ frozen backbone's query states are computed once for ``--pairs`` training pairs,
 the objective's network trains on them, with the run's optimiser settings and learning-rate
 schedule (``AblationModule.configure_optimizers``), and the run's ``eval.metrics`` are computed every
 ``--every`` steps through the same ``run_metrics`` the training callback uses; they land in
-``<out>/<cell>/metrics.csv``.
+``<out>/<cell>/metrics.csv``. It runs on the GPU when there is one (float32).
 
 What it leaves out, on purpose: the query vectors stay at their initial values (so the
 conditioning is whatever the frozen LM makes of the prompt with untrained queries), which
@@ -39,10 +39,11 @@ from ablate.train import build_train_loader
 def cached_pairs(module: AblationModule, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(targets, query states) of the first ``n`` training pairs of the module's run."""
     targets, conds, seen = [], [], 0
+    device = module.backbone.queries.device
     for batch in build_train_loader(module.run_cfg, module.encoder.resolution):
         if batch["pixels"] is None:
             continue
-        targets.append(module.encoder.encode(batch["pixels"]))
+        targets.append(module.encoder.encode(batch["pixels"].to(device)))
         conds.append(module.conditioning(batch["captions"]))
         seen += len(batch["captions"])
         if seen >= n:
@@ -74,7 +75,7 @@ def main() -> None:
                                                      "pairs": args.pairs}, indent=2) + "\n")
     torch.manual_seed(run.seed)
     module = AblationModule.from_run(run)
-    module.eval()
+    module.to("cuda" if torch.cuda.is_available() else "cpu").eval()  # a GPU when there is one
     start = time.time()
     targets, conds = cached_pairs(module, args.pairs)
     print(f"cached {len(targets)} pairs in {time.time() - start:.0f}s: targets {tuple(targets.shape[1:])}, "
@@ -92,7 +93,7 @@ def main() -> None:
     for step in range(1, t.max_steps + 1):
         tick = time.time()
         objective.train()
-        idx = torch.randint(0, len(targets), (run.data.batch_size,), generator=order)
+        idx = torch.randint(0, len(targets), (run.data.batch_size,), generator=order).to(targets.device)
         torch.manual_seed(run.seed * 1_000_003 + step)
         loss = objective.loss(conds[idx], targets[idx])["loss"]
         opt.zero_grad(set_to_none=True)
