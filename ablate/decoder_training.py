@@ -77,6 +77,12 @@ class DecoderTrainConfig:
     log_every: int = 50
     device: str = "auto"
 
+    def __post_init__(self):
+        if not 0.0 <= self.cond_dropout < 1.0:
+            raise ValueError(f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
+        if self.cond_noise < 0:
+            raise ValueError(f"cond_noise must be >= 0 (0: off), got {self.cond_noise}")
+
 
 # ----------------------------------------------------------------------------- sources
 

@@ -6,7 +6,7 @@ frozen backbone's query states are computed once for ``--pairs`` training pairs,
 the objective's network trains on them, with the run's optimiser settings and learning-rate
 schedule (``AblationModule.configure_optimizers``), and the run's ``eval.metrics`` are computed every
 ``--every`` steps through the same ``run_metrics`` the training callback uses; they land in
-``<out>/<cell>/metrics.csv``. It runs on the GPU when there is one (float32).
+``<out>/<cell>/metrics.csv`` (with ``config.yaml``: the resolved spec and provenance). It runs on the GPU when there is one (float32).
 
 What it leaves out, on purpose: the query vectors stay at their initial values (so the
 conditioning is whatever the frozen LM makes of the prompt with untrained queries), which
@@ -22,7 +22,6 @@ Figures only; nothing here asserts a target.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -31,6 +30,7 @@ import torch
 from ablate.eval.callback import build_metrics, run_metrics
 from ablate.eval.runner import append_metrics
 from ablate.module import AblationModule
+from ablate.provenance import write_run_config
 from ablate.study.spec import load_study
 from ablate.train import build_train_loader
 
@@ -70,9 +70,8 @@ def main() -> None:
         raise SystemExit(f"{args.study}: no cell {args.cell!r}; the cells are {sorted(cells)}")
     run = cells[args.cell].run
     out_dir = Path(args.out) / args.cell
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps({"study": args.study, "cell": args.cell, "set": args.set,
-                                                     "pairs": args.pairs}, indent=2) + "\n")
+    # the resolved run spec + git commit, versions and command line, as every run records
+    write_run_config(run, out_dir / "config.yaml", {"objective_only": {"pairs": args.pairs, "every": args.every}})
     torch.manual_seed(run.seed)
     module = AblationModule.from_run(run)
     module.to("cuda" if torch.cuda.is_available() else "cpu").eval()  # a GPU when there is one

@@ -26,3 +26,5 @@ def test_objective_only_trains_the_head_and_logs_the_run_metrics(tiny_models, ti
     assert rows["train/loss"].notna().all() and (rows["train/loss"] > 0).all()
     metric_columns = [c for c in rows.columns if c.split("/")[0] in {"geneval", "dpg", "fid", "diversity"}]
     assert metric_columns  # the study's own eval.metrics ran
+    recorded = yaml.safe_load((out / "vae+fm" / "config.yaml").read_text())
+    assert recorded["train"]["max_steps"] == 3 and "git" in recorded["provenance"]

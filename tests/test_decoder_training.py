@@ -125,3 +125,13 @@ def test_conditioning_augmentation_noises_only_the_features_the_unet_sees():
     # per-sample level U(0, 0.5) x the features' std: noised, but never by more than ~0.5 std
     rel = (seen[1] - tokens).pow(2).mean(dim=(1, 2)).sqrt() / clean.std()
     assert (rel > 0).all() and (rel < 0.5 * 1.3).all() and rel.std() > 0
+
+
+@pytest.mark.parametrize("bad", [{"cond_noise": -0.1}, {"cond_dropout": 1.0}])
+def test_bad_training_settings_name_the_key(bad):
+    from ablate.config import from_dict
+    from ablate.decoder_training import DecoderTrainConfig
+
+    key = next(iter(bad))
+    with pytest.raises(ConfigError, match=f"decoder_training: {key}"):
+        from_dict(DecoderTrainConfig, bad, "decoder_training")

@@ -144,15 +144,16 @@ def build(out_dir: str | Path | None = None, scale: float = 1.0, seed: int = 0, 
     seeded(4)
     log("training the CLIP decoder")
     encoder = {"name": "clip", "model": str(work / "clip"), "grid": 8}
+    training = {"lr": 2e-3, "warmup_steps": max(1, n["decoder_steps"] // 40), "ema_decay": 0.995,
+                "seed": seed, "log_every": 50}
     record = train_decoder(encoder, {"train": InMemoryPairs(_pil(images), captions),
                                      "batch_size": batch["decoder"], "num_workers": 0},
                            work / "clip_decoder", n["decoder_steps"],
-                           net={**DECODER_NET, "vae": str(work / "vae")},
-                           training={"lr": 2e-3, "warmup_steps": max(1, n["decoder_steps"] // 40),
-                                     "ema_decay": 0.995, "seed": seed, "log_every": 50}, log=log)
+                           net={**DECODER_NET, "vae": str(work / "vae")}, training=training, log=log)
     info["assets"]["clip_decoder"] = {k: record[k] for k in ("steps", "images_seen", "unet_params", "final_loss",
                                                               "wall_s", "cpu_s")}
-    info["assets"]["clip_decoder"].update(net=DECODER_NET, batch_size=batch["decoder"], lr=2e-3, ema_decay=0.995)
+    info["assets"]["clip_decoder"].update(net=DECODER_NET, batch_size=batch["decoder"], lr=training["lr"],
+                                          ema_decay=training["ema_decay"])
 
     log("quality checks on held-out scenes")
     with C.Timer() as t:
