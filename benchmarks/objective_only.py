@@ -16,6 +16,12 @@ the queries are most of what trains).
     python benchmarks/objective_only.py experiments/demo.yaml --cell vae+fm \\
         --set train.max_steps=3000 --every 1000 [--out results/objective_only]
 
+``recall/ratio`` (see ``conditioning_recall``) says whether the head uses its conditioning at
+all; with ``--pairs 16`` the run is the classic "can it overfit a handful of pairs?" check:
+
+    python benchmarks/objective_only.py experiments/demo.yaml --cell vae+fm --pairs 16 \\
+        --set train.max_steps=600 --every 200
+
 Figures only; nothing here asserts a target.
 """
 
@@ -51,6 +57,20 @@ def cached_pairs(module: AblationModule, n: int) -> tuple[torch.Tensor, torch.Te
     return torch.cat(targets)[:n], torch.cat(conds)[:n]
 
 
+@torch.no_grad()
+def conditioning_recall(objective, conds: torch.Tensor, targets: torch.Tensor, seed: int = 0) -> float:
+    """Does the head follow its conditioning? Sample one output per training condition and
+    compare: mean squared distance to the sample's own target / mean distance to the other
+    targets of the set. ~1: the samples ignore the conditioning (an unconditional model);
+    -> 0: each sample reproduces its own pair (memorised). Needs >= 2 distinct pairs."""
+    objective.eval()
+    samples = objective.sample(conds, generator=torch.Generator(conds.device).manual_seed(seed))
+    dist = torch.cdist(samples.flatten(1).float(), targets.flatten(1).float()).pow(2)
+    own = dist.diagonal().mean()
+    other = (dist.sum() - dist.diagonal().sum()) / (dist.numel() - len(dist))
+    return (own / other).item()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("study", help="a study YAML (experiments/...)")
@@ -60,6 +80,10 @@ def main() -> None:
     p.add_argument("--every", type=int, default=500, help="evaluate every N steps")
     p.add_argument("--out", default="results/objective_only")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--recall", type=int, default=16,
+                   help="also report recall/ratio on the first N training pairs (0: off)")
+    p.add_argument("--metrics", action=argparse.BooleanOptionalAction, default=True,
+                   help="compute the run's eval.metrics at each report (--no-metrics: loss and recall only)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -85,7 +109,7 @@ def main() -> None:
     optimizers = module.configure_optimizers()
     opt, sched = optimizers["optimizer"], optimizers["lr_scheduler"]["scheduler"]
     params = [q for q in objective.parameters() if q.requires_grad]
-    metrics = build_metrics(run.eval.metrics)
+    metrics = build_metrics(run.eval.metrics) if args.metrics else []
     order = torch.Generator().manual_seed(run.seed)
     losses: list[float] = []
     train_s = 0.0
@@ -104,8 +128,11 @@ def main() -> None:
         losses.append(loss.item())
         train_s += time.time() - tick
         if step % args.every == 0 or step == t.max_steps:
-            values = run_metrics(module, run, step, out_dir, metrics)
+            values = run_metrics(module, run, step, out_dir, metrics) if metrics else {}
             values["train/loss"] = sum(losses[-args.every:]) / len(losses[-args.every:])
+            if args.recall > 1:
+                k = min(args.recall, len(targets))
+                values["recall/ratio"] = conditioning_recall(objective, conds[:k], targets[:k], run.seed)
             append_metrics(out_dir, step, values)
             shown = {k: round(v, 3) for k, v in values.items() if not k.startswith("time/")}
             print(f"step {step}: {shown} (train {train_s:.0f}s)", flush=True)
