@@ -17,10 +17,10 @@ the queries are most of what trains).
         --set train.max_steps=3000 --every 1000 [--out results/objective_only]
 
 ``recall/ratio`` (see ``conditioning_recall``) says whether the head uses its conditioning at
-all; with ``--pairs 16`` the run is the classic "can it overfit a handful of pairs?" check:
+all (sampled with the objective's own steps and guidance); with ``--pairs 16`` the run is the classic "can it overfit a handful of pairs?" check:
 
     python benchmarks/objective_only.py experiments/demo.yaml --cell vae+fm --pairs 16 \\
-        --set train.max_steps=600 --every 200
+        --no-metrics --set train.max_steps=2000 --every 500
 
 Figures only; nothing here asserts a target.
 """
@@ -130,8 +130,8 @@ def main() -> None:
         if step % args.every == 0 or step == t.max_steps:
             values = run_metrics(module, run, step, out_dir, metrics) if metrics else {}
             values["train/loss"] = sum(losses[-args.every:]) / len(losses[-args.every:])
-            if args.recall > 1:
-                k = min(args.recall, len(targets))
+            k = min(args.recall, len(targets))
+            if k > 1:  # the ratio compares each sample with the other pairs: it needs two
                 values["recall/ratio"] = conditioning_recall(objective, conds[:k], targets[:k], run.seed)
             append_metrics(out_dir, step, values)
             shown = {k: round(v, 3) for k, v in values.items() if not k.startswith("time/")}
