@@ -16,8 +16,9 @@ the queries are most of what trains).
     python benchmarks/objective_only.py experiments/demo.yaml --cell vae+fm \\
         --set train.max_steps=3000 --every 1000 [--out results/objective_only]
 
-``recall/ratio`` (see ``conditioning_recall``) says whether the head uses its conditioning at
-all (sampled with the objective's own steps and guidance); with ``--pairs 16`` the run is the classic "can it overfit a handful of pairs?" check:
+``recall/ratio`` (see ``conditioning_recall``; sampled with the objective's own steps and
+guidance) says whether the head uses its conditioning at all; with ``--pairs 16`` the run
+is the classic "can it overfit a handful of pairs?" check:
 
     python benchmarks/objective_only.py experiments/demo.yaml --cell vae+fm --pairs 16 \\
         --no-metrics --set train.max_steps=2000 --every 500
