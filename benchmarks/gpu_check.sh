@@ -2,12 +2,15 @@
 # The GPU checks, as one script: run from the repository root on a CUDA machine.
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR]                 # every check
-#   CHECKS="strategies bench" bash benchmarks/gpu_check.sh  # some: demo strategies bench real_size
+#   CHECKS="strategies bench" bash benchmarks/gpu_check.sh  # some: demo strategies bench real_size learning
 #
 # 1. the toy study (`ablate demo`) on the GPU in bf16: every path of a CPU demo run, on CUDA;
 # 2. Lightning's DDP and FSDP strategies on one GPU: train, checkpoint, evaluate and sample from it;
 # 3. `ablate bench` of two toy cells on the GPU;
-# 4. benchmarks/real_size.py: step time / memory / MFU of the paper-size cells.
+# 4. benchmarks/real_size.py: step time / memory / MFU of the paper-size cells;
+# 5. "learning": how many steps the toy FM heads need before GenEval / DPG leave chance
+#    (benchmarks/objective_only.py, LEARN_STEPS at batch 64, evaluated every LEARN_EVERY;
+#    the CPU budget showed nothing up to 4,000 steps of batch 32, see the README).
 # Prints figures; logs and tables go to OUT_DIR. If .whl/ holds wheels (a machine without
 # the project's pins and without a package index), they are installed to /tmp/site first.
 set -uo pipefail
@@ -27,7 +30,7 @@ section environment
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers, diffusers, lightning; print('torch', torch.__version__, 'transformers', transformers.__version__, 'diffusers', diffusers.__version__, 'lightning', lightning.__version__, torch.cuda.get_device_name())"
 
-CHECKS=${CHECKS:-demo strategies bench real_size}
+CHECKS=${CHECKS:-demo strategies bench real_size learning}
 want() { [[ " $CHECKS " == *" $1 "* ]]; }
 
 section toy data
@@ -67,4 +70,13 @@ if want real_size; then
 section "paper-size cells (random-init Llama-3.2-1B / CLIP ViT-L/14-336 / FLUX VAE shapes, 1.36 B DiT)"
 python3 benchmarks/real_size.py --out "$OUT/real_size.json" 2>&1 | quiet
 fi
+if want learning; then
+section "learning: FM heads alone on cached pairs, ${LEARN_STEPS:=10000} steps of batch 64"
+for cell in vae+fm clip+fm; do
+  python3 benchmarks/objective_only.py experiments/demo.yaml --cell $cell --set train.max_steps=$LEARN_STEPS \
+    data.batch_size=64 --every ${LEARN_EVERY:-2500} --out "$OUT/objective_only" 2>&1 | quiet \
+    | grep -E "^(cached|step)" | cut -c1-600
+done
+fi
+
 section done
