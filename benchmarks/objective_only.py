@@ -4,9 +4,10 @@ A diagnostic for sizing studies (how long must the toy demo train before GenEval
 about twice as fast per step as ``ablate fit`` on CPU: the frozen encoder's targets and the
 frozen backbone's query states are computed once for ``--pairs`` training pairs, then only
 the objective's network trains on them, with the run's optimiser settings and learning-rate
-schedule (``AblationModule.configure_optimizers``), and the run's ``eval.metrics`` are computed every
-``--every`` steps through the same ``run_metrics`` the training callback uses; they land in
-``<out>/<cell>/metrics.csv`` (with ``config.yaml``: the resolved spec and provenance). It runs on the GPU when there is one (float32).
+schedule (``AblationModule.configure_optimizers``), and the run's ``eval.metrics`` are
+computed every ``--every`` steps through the same ``run_metrics`` the training callback
+uses; they land in ``<out>/<cell>/metrics.csv`` (with ``config.yaml``: the resolved spec
+and provenance). It runs on the GPU when there is one (float32).
 
 What it leaves out, on purpose: the query vectors stay at their initial values (so the
 conditioning is whatever the frozen LM makes of the prompt with untrained queries), which
@@ -96,7 +97,8 @@ def main() -> None:
     run = cells[args.cell].run
     out_dir = Path(args.out) / args.cell
     # the resolved run spec + git commit, versions and command line, as every run records
-    write_run_config(run, out_dir / "config.yaml", {"objective_only": {"pairs": args.pairs, "every": args.every}})
+    write_run_config(run, out_dir / "config.yaml", {"objective_only": {"pairs": args.pairs, "every": args.every, "recall": args.recall,
+                                         "metrics": args.metrics}})
     torch.manual_seed(run.seed)
     module = AblationModule.from_run(run)
     module.to("cuda" if torch.cuda.is_available() else "cpu").eval()  # a GPU when there is one
@@ -131,9 +133,10 @@ def main() -> None:
         if step % args.every == 0 or step == t.max_steps:
             values = run_metrics(module, run, step, out_dir, metrics) if metrics else {}
             values["train/loss"] = sum(losses[-args.every:]) / len(losses[-args.every:])
-            k = min(args.recall, len(targets))
-            if k > 1:  # the ratio compares each sample with the other pairs: it needs two
-                values["recall/ratio"] = conditioning_recall(objective, conds[:k], targets[:k], run.seed)
+            n_recall = min(args.recall, len(targets))
+            if n_recall > 1:  # the ratio compares each sample with the other pairs: it needs two
+                values["recall/ratio"] = conditioning_recall(objective, conds[:n_recall], targets[:n_recall],
+                                                             run.seed)
             append_metrics(out_dir, step, values)
             shown = {k: round(v, 3) for k, v in values.items() if not k.startswith("time/")}
             print(f"step {step}: {shown} (train {train_s:.0f}s)", flush=True)
