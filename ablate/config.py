@@ -59,6 +59,8 @@ def _coerce(tp, value, key: str):
         raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of "
                           f"{' | '.join(_type_name(a) for a in args)}")
     if origin is Literal:
+        if isinstance(value, int) and not isinstance(value, bool) and str(value) in args:
+            return str(value)  # YAML reads `precision: 32` as an int; the choice is the string "32"
         if value not in args:
             raise ConfigError(f"{key}: {value!r} is not valid; choose one of {list(args)}")
         return value

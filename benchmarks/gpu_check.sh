@@ -71,12 +71,30 @@ section "paper-size cells (random-init Llama-3.2-1B / CLIP ViT-L/14-336 / FLUX V
 python3 benchmarks/real_size.py --out "$OUT/real_size.json" 2>&1 | quiet
 fi
 if want learning; then
-section "learning: FM heads alone on cached pairs, ${LEARN_STEPS:=10000} steps of batch 64"
+# The three runs share the GPU in parallel; each stops at LEARN_TIMEOUT seconds, and what it
+# evaluated by then is kept (metrics.csv is appended at every evaluation).
+section "learning: FM heads alone on cached pairs (${LEARN_STEPS:=10000} steps of batch 64) and the full clip+fm run (${GRID_STEPS:=5000} steps)"
 for cell in vae+fm clip+fm; do
-  python3 benchmarks/objective_only.py experiments/demo.yaml --cell $cell --set train.max_steps=$LEARN_STEPS \
-    data.batch_size=64 --every ${LEARN_EVERY:-2500} --out "$OUT/objective_only" 2>&1 | quiet \
-    | grep -E "^(cached|step)" | cut -c1-600
+  timeout ${LEARN_TIMEOUT:=1800} python3 benchmarks/objective_only.py experiments/demo.yaml --cell $cell \
+    --set train.max_steps=$LEARN_STEPS data.batch_size=64 --every ${LEARN_EVERY:-2500} --out "$OUT/objective_only" 2>&1 \
+    | quiet | grep --line-buffered -E "^(cached|step)" | cut -c1-600 | sed -u "s/^/[$cell] /" &
 done
+# the real training path (queries train too): what a GPU `ablate demo` would run, longer
+timeout $LEARN_TIMEOUT $A grid experiments/demo.yaml --only clip+fm --set study=learning-grid --set train.accelerator=gpu \
+  --set train.precision=bf16-mixed --set train.max_steps=$GRID_STEPS --set data.batch_size=64 --set data.num_workers=4 \
+  --set train.progress_bar=false --set eval.every_n_steps=${GRID_EVERY:-1250} --set train.checkpoint_every_n_steps=$GRID_STEPS \
+  > "$OUT/learning_grid.log" 2>&1 &
+wait
+mkdir -p "$OUT/learning_grid" && cp results/learning-grid/clip+fm-seed0/metrics.csv "$OUT/learning_grid/" 2>/dev/null
+cp -r results/learning-grid/clip+fm-seed0/samples "$OUT/learning_grid/" 2>/dev/null
+python3 - "$OUT" <<'PY'
+import sys, pandas as pd, pathlib
+for f in sorted(pathlib.Path(sys.argv[1]).glob("*/**/metrics.csv")):
+    df = pd.read_csv(f)
+    cols = [c for c in ("step", "train/loss", "geneval/overall", "dpg/overall", "fid/overall", "diversity/feature",
+                        "recall/ratio") if c in df]
+    print(f, "\n", df[cols].dropna(how="all", subset=cols[1:]).to_string(index=False))
+PY
 fi
 
 section done

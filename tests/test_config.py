@@ -37,6 +37,16 @@ def test_bad_specs_name_the_key(spec, needle):
     assert needle in str(err.value) and str(err.value).startswith("exp.yaml: ")
 
 
+def test_numeric_choices_read_as_yaml_numbers():
+    # `precision: 32` in YAML (or `--set train.precision=32`) is an int; the choice is "32"
+    run = parse_run(base_spec(train={"precision": 32}))
+    assert run.train.precision == "32"
+    with pytest.raises(ConfigError, match="train.precision: 16 is not valid"):
+        parse_run(base_spec(train={"precision": 16}))
+    with pytest.raises(ConfigError, match="train.precision: True is not valid"):
+        parse_run(base_spec(train={"precision": True}))
+
+
 def test_unknown_plugin_lists_the_registered_ones():
     with pytest.raises(ConfigError, match=r"registered: \[.*'flow_matching'.*'mse'.*\]"):
         parse_run(base_spec(objective={"name": "diffusion"}))
