@@ -10,7 +10,7 @@
 # 4. benchmarks/real_size.py: step time / memory / MFU of the paper-size cells;
 # 5. "learning": how many steps the toy FM heads need before GenEval / DPG leave chance
 #    (benchmarks/objective_only.py, LEARN_STEPS at batch 64, evaluated every LEARN_EVERY;
-#    the CPU budget showed nothing up to 4,000 steps of batch 32, see the README).
+#    nothing up to 12,500 steps of batch 64 on one H100: results/reference/gpu_learning_h100/).
 # Prints figures; logs and tables go to OUT_DIR. If .whl/ holds wheels (a machine without
 # the project's pins and without a package index), they are installed to /tmp/site first.
 set -uo pipefail
@@ -76,7 +76,7 @@ if want learning; then
 section "learning: FM heads alone on cached pairs (${LEARN_STEPS:=10000} steps of batch 64) and the full clip+fm run (${GRID_STEPS:=5000} steps)"
 for cell in vae+fm clip+fm; do
   timeout ${LEARN_TIMEOUT:=1800} python3 benchmarks/objective_only.py experiments/demo.yaml --cell $cell \
-    --set train.max_steps=$LEARN_STEPS data.batch_size=64 --every ${LEARN_EVERY:-2500} --out "$OUT/objective_only" 2>&1 \
+    --set train.max_steps=$LEARN_STEPS data.batch_size=64 --every ${LEARN_EVERY:-2500} --out /tmp/learning 2>&1 \
     | quiet | grep --line-buffered -E "^(cached|step)" | cut -c1-600 | sed -u "s/^/[$cell] /" &
 done
 # the real training path (queries train too): what a GPU `ablate demo` would run, longer
@@ -85,15 +85,18 @@ timeout $LEARN_TIMEOUT $A grid experiments/demo.yaml --only clip+fm --set study=
   --set train.progress_bar=false --set eval.every_n_steps=${GRID_EVERY:-1250} --set train.checkpoint_every_n_steps=$GRID_STEPS \
   > "$OUT/learning_grid.log" 2>&1 &
 wait
-mkdir -p "$OUT/learning_grid" && cp results/learning-grid/clip+fm-seed0/metrics.csv "$OUT/learning_grid/" 2>/dev/null
-cp -r results/learning-grid/clip+fm-seed0/samples "$OUT/learning_grid/" 2>/dev/null
+# the device tool returns no names with '+' and no deep folders: one flat csv per run, one tarball
+mkdir -p /tmp/learning/grid && cp -r results/learning-grid/clip+fm-seed0/{metrics.csv,samples} /tmp/learning/grid/ 2>/dev/null
+for f in /tmp/learning/*/metrics.csv; do d=${f%/metrics.csv}; d=${d##*/}; cp "$f" "$OUT/learning_${d/+/_}.csv"; done
+tar czf "$OUT/learning_samples.tgz" --exclude="*.csv" --exclude="*.yaml" -C /tmp learning
 python3 - "$OUT" <<'PY'
 import sys, pandas as pd, pathlib
-for f in sorted(pathlib.Path(sys.argv[1]).glob("*/**/metrics.csv")):
+for f in sorted(pathlib.Path(sys.argv[1]).glob("learning_*.csv")):
     df = pd.read_csv(f)
     cols = [c for c in ("step", "train/loss", "geneval/overall", "dpg/overall", "fid/overall", "diversity/feature",
                         "recall/ratio") if c in df]
-    print(f, "\n", df[cols].dropna(how="all", subset=cols[1:]).to_string(index=False))
+    evals = df.dropna(subset=["geneval/overall"]) if "geneval/overall" in df else df  # not the train-log rows
+    print(f, "\n", evals[cols].to_string(index=False))
 PY
 fi
 

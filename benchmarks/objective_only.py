@@ -59,6 +59,39 @@ def cached_pairs(module: AblationModule, n: int) -> tuple[torch.Tensor, torch.Te
     return torch.cat(targets)[:n], torch.cat(conds)[:n]
 
 
+def load_cell(args: argparse.Namespace, record: dict):
+    """(run spec, module on the GPU when there is one, output folder) of ``args.cell`` of
+    ``args.study``; writes the resolved spec + provenance + ``record`` to its config.yaml."""
+    study = load_study(args.study, args.set)
+    cells = {c.cell: c for c in study.cells}
+    if args.cell not in cells:
+        raise SystemExit(f"{args.study}: no cell {args.cell!r}; the cells are {sorted(cells)}")
+    run = cells[args.cell].run
+    out_dir = Path(args.out) / args.cell
+    # the resolved run spec + git commit, versions and command line, as every run records
+    write_run_config(run, out_dir / "config.yaml", record)
+    torch.manual_seed(run.seed)
+    module = AblationModule.from_run(run)
+    module.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+    return run, module, out_dir
+
+
+def head_step(objective, opt, params, conds: torch.Tensor, targets: torch.Tensor, run, step: int,
+              order: torch.Generator) -> float:
+    """One optimiser step of the head alone on a random batch of the cached pairs; its loss.
+    The run's batch size and grad clipping; noise and times seeded by (run seed, step)."""
+    objective.train()
+    idx = torch.randint(0, len(targets), (run.data.batch_size,), generator=order).to(targets.device)
+    torch.manual_seed(run.seed * 1_000_003 + step)
+    loss = objective.loss(conds[idx], targets[idx])["loss"]
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if run.train.grad_clip:
+        torch.nn.utils.clip_grad_norm_(params, run.train.grad_clip)
+    opt.step()
+    return loss.item()
+
+
 @torch.no_grad()
 def conditioning_recall(objective, conds: torch.Tensor, targets: torch.Tensor, seed: int = 0) -> float:
     """Does the head follow its conditioning? Sample one output per training condition and
@@ -90,18 +123,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    study = load_study(args.study, args.set)
-    cells = {c.cell: c for c in study.cells}
-    if args.cell not in cells:
-        raise SystemExit(f"{args.study}: no cell {args.cell!r}; the cells are {sorted(cells)}")
-    run = cells[args.cell].run
-    out_dir = Path(args.out) / args.cell
-    # the resolved run spec + git commit, versions and command line, as every run records
-    write_run_config(run, out_dir / "config.yaml", {"objective_only": {"pairs": args.pairs, "every": args.every, "recall": args.recall,
-                                         "metrics": args.metrics}})
-    torch.manual_seed(run.seed)
-    module = AblationModule.from_run(run)
-    module.to("cuda" if torch.cuda.is_available() else "cpu").eval()  # a GPU when there is one
+    run, module, out_dir = load_cell(args, {"objective_only": {
+        "pairs": args.pairs, "every": args.every, "recall": args.recall, "metrics": args.metrics}})
     start = time.time()
     targets, conds = cached_pairs(module, args.pairs)
     print(f"cached {len(targets)} pairs in {time.time() - start:.0f}s: targets {tuple(targets.shape[1:])}, "
@@ -118,17 +141,8 @@ def main() -> None:
     train_s = 0.0
     for step in range(1, t.max_steps + 1):
         tick = time.time()
-        objective.train()
-        idx = torch.randint(0, len(targets), (run.data.batch_size,), generator=order).to(targets.device)
-        torch.manual_seed(run.seed * 1_000_003 + step)
-        loss = objective.loss(conds[idx], targets[idx])["loss"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if t.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
-        opt.step()
+        losses.append(head_step(objective, opt, params, conds, targets, run, step, order))
         sched.step()
-        losses.append(loss.item())
         train_s += time.time() - tick
         if step % args.every == 0 or step == t.max_steps:
             values = run_metrics(module, run, step, out_dir, metrics) if metrics else {}

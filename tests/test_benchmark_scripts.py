@@ -8,6 +8,7 @@ import pandas as pd
 import torch
 import yaml
 from conftest import shrink_study, write_spec
+from PIL import Image
 
 ROOT = Path(__file__).parent.parent
 
@@ -56,3 +57,52 @@ def test_conditioning_recall_is_0_for_a_memoriser_and_1_for_a_model_that_ignores
     assert recall(memoriser, conds, targets) == 0.0
     assert abs(recall(ignorer, conds, targets) - 1.0) < 1e-6  # own and other distances average alike
     assert recall(swapper, conds, targets) > 1.0
+
+
+def _conditioning_check():
+    return runpy.run_path(str(ROOT / "benchmarks" / "conditioning_check.py"))
+
+
+def test_conditioning_check_judges_ground_truth_renders_right_and_wrong_labels_wrong():
+    from ablate.toy.scenes import COLORS, Obj, Scene, render
+
+    check = _conditioning_check()
+    colors = list(COLORS)
+    shapes = ["circle", "square"] * (len(colors) // 2)
+    images = [render(Scene([Obj(s, c, "large", 0.5, 0.5)], "gray")) for c, s in zip(colors, shapes)]
+    right = check["judge_single_objects"](images, colors, shapes)
+    assert right == {"found": 1.0, "colour": 1.0, "shape": 1.0}
+    wrong = check["judge_single_objects"](images, colors[1:] + colors[:1], shapes[1:] + shapes[:1])
+    assert wrong["colour"] == 0.0 and wrong["shape"] == 0.0 and wrong["found"] == 1.0
+    assert check["judge_single_objects"]([Image.new("RGB", (64, 64), (128, 128, 128))], ["red"], ["circle"]) \
+        == {"found": 0.0, "colour": 0.0, "shape": 0.0}
+
+
+def test_conditioning_check_modes_carry_the_label_or_standardise_the_states():
+    conditioner = _conditioning_check()["Conditioner"]
+    torch.manual_seed(0)
+    states = 5.0 + 0.1 * torch.randn(40, 3, 4)  # a large shared part, a small varying one
+    colors, shapes = torch.tensor([0, 0, 1]), torch.tensor([2, 2, 2])
+    label = conditioner("label", None, states, seed=0)(["a", "b", "c"], colors, shapes)
+    assert label.shape == (3, 3, 4) and torch.equal(label[0], label[1]) and not torch.equal(label[0], label[2])
+    std = conditioner("lm-std", None, states, seed=0)
+    z = std([], colors, shapes, lm_states=states)
+    assert torch.allclose(z.mean(0), torch.zeros(3, 4), atol=1e-4) and torch.allclose(z.std(0), torch.ones(3, 4), atol=1e-2)
+    assert torch.equal(conditioner("lm", None, states, seed=0)([], colors, shapes, lm_states=states), states)
+
+
+def test_conditioning_check_runs_every_mode_on_a_shrunk_study(tiny_models, tiny_shards, tmp_path, monkeypatch, capsys):
+    spec = shrink_study(yaml.safe_load((ROOT / "experiments" / "demo.yaml").read_text()),
+                        tiny_models, tiny_shards, tmp_path / "results")
+    study = write_spec(spec, tmp_path / "demo.yaml")
+    out = tmp_path / "conditioning_check"
+    monkeypatch.setattr(sys, "argv", ["conditioning_check.py", str(study), "--cell", "vae+fm", "--pairs", "6",
+                                      "--steps", "2", "--every", "2", "--captions", "mixed", "--out", str(out)])
+    runpy.run_path(str(ROOT / "benchmarks" / "conditioning_check.py"), run_name="__main__")
+    assert "6 single-object pairs (mixed captions)" in capsys.readouterr().out
+    rows = pd.read_csv(out / "vae+fm" / "conditioning_check.csv")
+    assert rows["mode"].tolist() == ["label", "lm", "lm-std"] and (rows["step"] == 2).all()
+    assert rows[["found", "colour", "shape"]].apply(lambda c: c.between(0, 1)).all().all()
+    assert (rows["loss"] > 0).all()
+    recorded = yaml.safe_load((out / "vae+fm" / "config.yaml").read_text())
+    assert recorded["provenance"]["conditioning_check"]["captions"] == "mixed" and "git" in recorded["provenance"]
