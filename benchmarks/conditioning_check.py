@@ -20,7 +20,8 @@ it with the cell's encoder and asks the toy detector's segmenter what it drew: `
 ``found`` (any object at all). Chance is 0.1 for colour (ten colours). ``--captions short``
 trains on GenEval-style captions ("a photo of a red circle"); ``mixed`` on the toy grammar's
 caption mix (20 % short, 80 % detailed), as the demo's data does; the samples are always
-prompted with the short form. Results land in ``<out>/<cell>/conditioning_check.csv``.
+prompted with the short form. Results land in ``<out>/<cell>/conditioning_check.csv``, the
+samples in ``<out>/<cell>/samples/<mode>_<step>.png`` (a row per shape, a column per colour).
 
     python benchmarks/conditioning_check.py experiments/demo.yaml --cell vae+fm --steps 1000
 
@@ -74,6 +75,16 @@ def judge_single_objects(images: list[Image.Image], colors: list[str], shapes: l
 def to_pil(pixels: torch.Tensor) -> list[Image.Image]:
     arr = ((pixels.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
     return [Image.fromarray(a) for a in arr]
+
+
+def save_grid(images: list[Image.Image], path: Path, columns: int) -> None:
+    """The probe samples as one picture: a row per probe shape, a column per colour."""
+    w, h = images[0].size
+    grid = Image.new("RGB", (w * columns, h * -(-len(images) // columns)))
+    for i, image in enumerate(images):
+        grid.paste(image, (w * (i % columns), h * (i // columns)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
 
 
 @torch.no_grad()
@@ -173,6 +184,7 @@ def main() -> None:
                 with torch.no_grad():
                     images = to_pil(module.encoder.decode(objective.sample(probe_conds, generator=g), generator=g))
                 scores = judge_single_objects(images, probe_colors, probe_shapes)
+                save_grid(images, out_dir / "samples" / f"{mode}_{step:07d}.png", columns=len(COLORS))
                 rows.append({"mode": mode, "step": step, "loss": float(np.mean(losses[-args.every:])), **scores,
                              "seconds": time.time() - start})
                 print(f"{mode} step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in rows[-1].items()

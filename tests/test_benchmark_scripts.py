@@ -104,5 +104,7 @@ def test_conditioning_check_runs_every_mode_on_a_shrunk_study(tiny_models, tiny_
     assert rows["mode"].tolist() == ["label", "lm", "lm-std"] and (rows["step"] == 2).all()
     assert rows[["found", "colour", "shape"]].apply(lambda c: c.between(0, 1)).all().all()
     assert (rows["loss"] > 0).all()
+    assert sorted(p.name for p in (out / "vae+fm" / "samples").iterdir()) == [
+        "label_0000002.png", "lm-std_0000002.png", "lm_0000002.png"]
     recorded = yaml.safe_load((out / "vae+fm" / "config.yaml").read_text())
     assert recorded["provenance"]["conditioning_check"]["captions"] == "mixed" and "git" in recorded["provenance"]
