@@ -112,14 +112,18 @@ def single_object_pairs(module: AblationModule, n: int, captions: str, seed: int
 class Conditioner:
     """One of ``MODES``: caption / colour / shape -> conditioning ``[B, N, hidden]``."""
 
-    def __init__(self, mode: str, module: AblationModule, train_conds: torch.Tensor, seed: int):
+    def __init__(self, mode: str, module: AblationModule, train_conds: torch.Tensor | None, seed: int):
+        """``train_conds``: the training captions' query states (None: label mode only)."""
         self.mode, self.module = mode, module
-        n, hidden = train_conds.shape[1:]
+        if train_conds is None:
+            backbone = module.backbone
+            n, hidden, device = backbone.num_queries, backbone.hidden_size, backbone.queries.device
+        else:
+            (n, hidden), device = train_conds.shape[1:], train_conds.device
+            self.mean, self.std = train_conds.mean(0), train_conds.std(0) + 1e-4
         g = torch.Generator().manual_seed(seed)
-        device = train_conds.device
         self.color_emb = torch.randn(len(COLORS), n, hidden, generator=g).to(device)
         self.shape_emb = torch.randn(len(SHAPES), n, hidden, generator=g).to(device)
-        self.mean, self.std = train_conds.mean(0), train_conds.std(0) + 1e-4
 
     @torch.no_grad()
     def __call__(self, texts: list[str], color_ids: torch.Tensor, shape_ids: torch.Tensor,
@@ -153,8 +157,10 @@ def main() -> None:
     device = module.backbone.queries.device
     targets, texts, color_ids, shape_ids = single_object_pairs(module, args.pairs, args.captions, run.seed)
     color_ids, shape_ids = color_ids.to(device), shape_ids.to(device)
-    with torch.no_grad():
-        lm_states = torch.cat([module.conditioning(texts[i:i + 64]) for i in range(0, len(texts), 64)])
+    lm_states = None
+    if any(mode != "label" for mode in modes):
+        with torch.no_grad():
+            lm_states = torch.cat([module.conditioning(texts[i:i + 64]) for i in range(0, len(texts), 64)])
     print(f"{len(targets)} single-object pairs ({args.captions} captions), targets {tuple(targets.shape[1:])}",
           flush=True)
 
