@@ -42,6 +42,7 @@ import torch
 from PIL import Image
 
 from ablate.data.stream import preprocess
+from ablate.eval.sampling import contact_sheet, to_pil
 from ablate.module import AblationModule
 from ablate.toy.judges import classify, nearest_color, segment
 from ablate.toy.scenes import COLORS, SHAPES, caption, render, sample_scene
@@ -70,21 +71,6 @@ def judge_single_objects(images: list[Image.Image], colors: list[str], shapes: l
         shape_ok += classify(largest["features"])[0] == shape
     n = max(len(images), 1)
     return {"found": found / n, "colour": color_ok / n, "shape": shape_ok / n}
-
-
-def to_pil(pixels: torch.Tensor) -> list[Image.Image]:
-    arr = ((pixels.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(a) for a in arr]
-
-
-def save_grid(images: list[Image.Image], path: Path, columns: int) -> None:
-    """The probe samples as one picture: a row per probe shape, a column per colour."""
-    w, h = images[0].size
-    grid = Image.new("RGB", (w * columns, h * -(-len(images) // columns)))
-    for i, image in enumerate(images):
-        grid.paste(image, (w * (i % columns), h * (i // columns)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
 
 
 @torch.no_grad()
@@ -170,6 +156,8 @@ def main() -> None:
     probe_s = torch.tensor([SHAPES.index(s) for s in probe_shapes], device=device)
     probe_texts = [short_caption(c, s) for c, s in zip(probe_colors, probe_shapes)]
     initial = copy.deepcopy(module.objective.state_dict())
+    samples_dir = out_dir / "samples"
+    samples_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for mode in modes:
         cond_of = Conditioner(mode, module, lm_states, run.seed)
@@ -190,7 +178,8 @@ def main() -> None:
                 with torch.no_grad():
                     images = to_pil(module.encoder.decode(objective.sample(probe_conds, generator=g), generator=g))
                 scores = judge_single_objects(images, probe_colors, probe_shapes)
-                save_grid(images, out_dir / "samples" / f"{mode}_{step:07d}.png", columns=len(COLORS))
+                # a row per probe shape, a column per colour
+                contact_sheet(images, columns=len(COLORS)).save(samples_dir / f"{mode}_{step:07d}.png")
                 rows.append({"mode": mode, "step": step, "loss": float(np.mean(losses[-args.every:])), **scores,
                              "seconds": time.time() - start})
                 print(f"{mode} step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in rows[-1].items()

@@ -77,10 +77,13 @@ def save_samples(images: list[Image.Image], prompts: list[str], out_dir: Path) -
         img.save(out_dir / f"{i:04d}.png")
     (out_dir / "prompts.txt").write_text("".join(f"{i:04d}\t{p}\n" for i, p in enumerate(prompts)))
     if images:
-        w, h = images[0].size
-        cols = min(len(images), 4)
-        rows = -(-len(images) // cols)
-        sheet = Image.new("RGB", (cols * w, rows * h), "white")
-        for i, img in enumerate(images):
-            sheet.paste(img, ((i % cols) * w, (i // cols) * h))
-        sheet.save(out_dir / "grid.png")
+        contact_sheet(images, columns=min(len(images), 4)).save(out_dir / "grid.png")
+
+
+def contact_sheet(images: list[Image.Image], columns: int) -> Image.Image:
+    """Equal-size images pasted row by row, ``columns`` to a row, on white."""
+    w, h = images[0].size
+    sheet = Image.new("RGB", (columns * w, -(-len(images) // columns) * h), "white")
+    for i, img in enumerate(images):
+        sheet.paste(img, ((i % columns) * w, (i // columns) * h))
+    return sheet
