@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import torch
 import yaml
 from conftest import shrink_study, write_spec
@@ -108,3 +109,28 @@ def test_conditioning_check_runs_every_mode_on_a_shrunk_study(tiny_models, tiny_
         "label_0000002.png", "lm-std_0000002.png", "lm_0000002.png"]
     recorded = yaml.safe_load((out / "vae+fm" / "config.yaml").read_text())
     assert recorded["provenance"]["conditioning_check"]["captions"] == "mixed" and "git" in recorded["provenance"]
+
+
+def test_unet_flow_matching_plugin_loads_by_dotted_path_and_fits_a_batch(monkeypatch):
+    from ablate.objectives.flow_matching import FlowMatching
+    from ablate.registry import get_registry
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    objectives = get_registry("objective")
+    cls = objectives.get("unet_flow_matching.UNetFlowMatching")
+    assert issubclass(cls, FlowMatching) and "unet_flow_matching.UNetFlowMatching" not in objectives.names()
+    torch.manual_seed(0)
+    head = cls(cls.tiny_config(), cond_dim=12, num_queries=3, target_shape=(4, 8, 8))
+    assert type(head.net).__name__ == "ConditionalUNet"
+    cond, target = torch.randn(2, 3, 12), torch.randn(2, 4, 8, 8)
+    opt = torch.optim.Adam(head.parameters(), lr=3e-3)
+    first = None
+    for _ in range(30):  # one fixed batch and noise draw: the UNet must fit it
+        loss = head.loss(cond, target, generator=torch.Generator().manual_seed(0))["loss"]
+        first = loss.item() if first is None else first
+        loss.backward(), opt.step(), opt.zero_grad()
+    assert loss.item() < 0.5 * first
+    head.eval()
+    assert head.sample(cond, generator=torch.Generator().manual_seed(0)).shape == (2, 4, 8, 8)
+    with pytest.raises(ValueError, match="the 7x7 target grid must be square and divisible by 2"):
+        cls(cls.tiny_config(), cond_dim=12, num_queries=3, target_shape=(4, 7, 7))

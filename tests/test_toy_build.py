@@ -3,6 +3,7 @@ the same from_pretrained paths the study uses; the shipped assets too, when pres
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -86,3 +87,50 @@ def test_toy_data_command(tmp_path, capsys):
     assert main(["toy", "data", "--out", str(tmp_path / "toy"), "--scale", "0.01"]) == 0
     assert (tmp_path / "toy" / "benchmarks" / "geneval" / "evaluation_metadata.jsonl").is_file()
     assert list((tmp_path / "toy" / "shards" / "train").glob("*.tar"))
+
+
+def test_build_options_are_checked_before_any_work(tmp_path):
+    from ablate.toy.build import build
+
+    with pytest.raises(ValueError, match=r"clip_target='words' is not valid; choose one of \['pixels', 'semantics'\]"):
+        build(tmp_path / "assets", scale=0.005, clip_target="words")
+    with pytest.raises(ValueError, match="lm_answers='yes'"):
+        build(tmp_path / "assets", scale=0.005, lm_answers="yes")
+    assert not any(tmp_path.iterdir())
+
+
+def test_lm_answers_follow_the_generation_prompt_only():
+    from transformers import AutoTokenizer
+
+    from ablate.toy.components import chat_prompt, lm_texts
+
+    if not (assets_dir() / "tokenizer").exists():
+        pytest.skip("no shipped toy assets: run `ablate toy build`")
+    tok = AutoTokenizer.from_pretrained(assets_dir() / "tokenizer")
+    captions = ["a photo of a red circle", "two blue squares on a gray background"]
+    plain = lm_texts(tok, captions)
+    answered = lm_texts(tok, captions, ["a red circle", "two blue squares; gray background"])
+    assert plain[0] == chat_prompt(tok, captions[0]) + tok.eos_token  # the prompt ends the text
+    assert answered[0] == chat_prompt(tok, captions[0]) + "a red circle" + tok.eos_token
+    assert answered[1] == plain[1] == tok.bos_token + captions[1] + tok.eos_token  # plain half: no answer
+    with pytest.raises(ValueError, match="1 responses for 2 captions"):
+        lm_texts(tok, captions, ["a red circle"])
+
+
+def test_clip_trains_on_patch_semantics(tmp_path):
+    from transformers import AutoTokenizer
+
+    from ablate.toy import components as C
+    from ablate.toy.scenes import SEMANTIC_CHANNELS, Scene, patch_semantics
+
+    if not (assets_dir() / "tokenizer").exists():
+        pytest.skip("no shipped toy assets: run `ablate toy build`")
+    tok = AutoTokenizer.from_pretrained(assets_dir() / "tokenizer")
+    images, captions, scenes = C.toy_pairs(8, 0, "train")
+    sem = torch.from_numpy(np.stack([patch_semantics(Scene.from_dict(x)) for x in scenes]))
+    assert sem.shape == (8, 64, SEMANTIC_CHANNELS)
+    record = C.train_clip(tok, images, captions, tmp_path / "clip", steps=2, batch_size=4, hidden=32,
+                          vision_layers=1, text_layers=1, semantics=sem, log=lambda m: None)
+    assert record["dense_target"] == "patch semantics" and record["final_dense_loss"] > 0
+    with pytest.raises(ValueError, match=r"semantics must be \[images, patches, channels\] = \[8, 64, C\]"):
+        C.train_clip(tok, images, captions, tmp_path / "bad", steps=1, semantics=sem[:, :16], log=lambda m: None)

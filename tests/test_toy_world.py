@@ -13,17 +13,23 @@ import pytest
 from ablate.toy import benchmarks as B
 from ablate.toy.scenes import (
     BACKGROUND_WORDS,
+    BACKGROUNDS,
     COLORS,
     GAP,
     MARGIN,
+    SEMANTIC_CHANNELS,
     SHAPES,
+    SIZES,
+    Obj,
     Scene,
     caption,
     ground_truth_detections,
     make_dataset,
+    patch_semantics,
     plural,
     relations,
     render,
+    restatement,
     sample_scene,
 )
 
@@ -112,6 +118,42 @@ def test_captions_mention_objects_and_have_the_right_length():
     assert 30 <= min(long_len) and max(long_len) <= 130
     with pytest.raises(ValueError):
         caption(scene, rng, "poem")
+
+
+def test_restatement_says_what_the_caption_says():
+    scene = Scene([Obj("circle", "red", "small", 0.25, 0.5), Obj("square", "blue", "large", 0.75, 0.5)], "sky")
+    rng = np.random.default_rng(0)
+    detailed = caption(scene, rng, "detailed")
+    said = restatement(scene, detailed)
+    assert said.startswith("a small red circle and a large blue square")
+    assert "red circle left of blue square" in said and said.endswith("light blue background")
+    # no colour in the caption -> none in the restatement ("light blue" is the background)
+    assert restatement(scene, "a photo of a circle and a square") == "a circle and a square"
+    one = Scene([Obj("star", "green", "medium", 0.5, 0.5)], "sky")
+    assert restatement(one, "a star on a light blue background") == "a star; light blue background"
+    assert restatement(one, "a photo of a green star") == "a green star"
+    assert restatement(one.to_dict(), "two stars") == "a star"  # the scene's counts, not the text's
+
+
+def test_patch_semantics_give_each_object_one_code():
+    obj = Obj("triangle", "purple", "large", 0.3, 0.7)
+    sem = patch_semantics(Scene([obj], "mint"), side=8).reshape(8, 8, SEMANTIC_CHANNELS)
+    assert sem.shape == (8, 8, SEMANTIC_CHANNELS)
+    bg = sem[..., -len(BACKGROUNDS):]
+    assert (bg[..., list(BACKGROUNDS).index("mint")] == 1).all() and bg.sum() == 64
+    weight = sem[..., SHAPES.index("triangle")]
+    assert weight[int(0.7 * 8), int(0.3 * 8)] == 1.0  # the patch under the centre is covered
+    assert (weight > 0).sum() >= 4 and weight[0, 7] == 0  # the object's patches only
+    covered = weight > 0
+    code = sem[covered][:, :-len(BACKGROUNDS)] / weight[covered][:, None]  # the same vector everywhere
+    assert np.allclose(code, code[0], atol=1e-5)
+    color_at, size_at = len(SHAPES), len(SHAPES) + len(COLORS)
+    assert code[0, color_at + list(COLORS).index("purple")] == 1
+    assert code[0, size_at + list(SIZES).index("large")] == 1
+    assert np.allclose(code[0, size_at + len(SIZES):], [2 * 0.3 - 1, 2 * 0.7 - 1])
+    assert code[0, :len(SHAPES)].sum() == 1 and code[0, color_at:size_at].sum() == 1
+    empty = patch_semantics(Scene([], "gray"), side=4)
+    assert empty.shape == (16, SEMANTIC_CHANNELS) and empty[:, :-len(BACKGROUNDS)].sum() == 0
 
 
 def test_dataset_is_deterministic_and_splits_are_disjoint():

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ablate.toy.scenes import Scene, patch_semantics, restatement
+
 ASSETS = ("tokenizer", "lm", "clip", "vae", "clip_decoder")
 # Data sizes and steps at scale 1.0 (scaled, with floors, by ``build``).
 BASE = {"images": 6000, "lm_steps": 120, "clip_steps": 300, "vae_steps": 1000, "decoder_steps": 800,
@@ -36,6 +38,8 @@ DECODER_NET = {"spatial": True, "channels": [32, 64], "cross_attention": [False,
 DECODE_STEPS, DECODE_GUIDANCE = 20, 2.0  # what the quality check (and the demo) decode with
 GUIDANCE_SWEEP = (1.0, 4.0)  # also judged, on the same scenes
 SHORT_FRACTION = 0.3  # of training captions in the short GenEval-like form
+CLIP_TARGETS = ("pixels", "semantics")  # the toy CLIP's dense target (see ``build``)
+LM_ANSWERS = ("none", "restatement")  # what follows the generation prompt in the LM's training
 
 
 def assets_dir() -> Path:
@@ -93,13 +97,24 @@ def _folder_mb(path: Path) -> float:
 
 
 def build(out_dir: str | Path | None = None, scale: float = 1.0, seed: int = 0, log=print,
-          threads: int | None = None) -> dict:
+          threads: int | None = None, clip_target: str = "pixels", lm_answers: str = "none") -> dict:
     """Train and save every toy asset into ``out_dir`` (default: :func:`assets_dir`).
+
+    ``clip_target``: what the toy CLIP's patch tokens are trained to tell besides their grid
+    position, ``"pixels"`` (the shipped build) or ``"semantics"``
+    (:func:`ablate.toy.scenes.patch_semantics`). ``lm_answers``: ``"none"`` (the shipped LM
+    sees the generation prompt end the text) or ``"restatement"`` (it answers the prompt
+    with :func:`ablate.toy.scenes.restatement`). Both alternatives are the README's
+    experiments on what the toy heads lack; neither made them follow the prompt sooner.
 
     Builds into a sibling temporary folder and swaps it in at the end, so a failed build
     leaves the previous assets intact. Returns the ``build_info.json`` record."""
     from ablate.decoder_training import InMemoryPairs, train_decoder
     from ablate.toy import components as C
+
+    for name, value, choices in (("clip_target", clip_target, CLIP_TARGETS), ("lm_answers", lm_answers, LM_ANSWERS)):
+        if value not in choices:
+            raise ValueError(f"{name}={value!r} is not valid; choose one of {list(choices)}")
 
     if threads:
         torch.set_num_threads(threads)
@@ -110,6 +125,7 @@ def build(out_dir: str | Path | None = None, scale: float = 1.0, seed: int = 0, 
     n = _scaled(scale)
     batch = BATCH if scale >= 0.05 else {k: 8 for k in BATCH}  # smoke builds: small batches too
     info: dict = {"seed": seed, "scale": scale, "threads": torch.get_num_threads(), "sizes": n, "batch": batch,
+                  "options": {"clip_target": clip_target, "lm_answers": lm_answers},
                   "provenance": _provenance(), "assets": {}, "quality": {}}
     start, cpu0 = time.perf_counter(), time.process_time()
 
@@ -119,7 +135,7 @@ def build(out_dir: str | Path | None = None, scale: float = 1.0, seed: int = 0, 
 
     log(f"toy build -> {out} (scale {scale}, seed {seed}, {torch.get_num_threads()} threads)")
     with C.Timer() as t:
-        images, captions, _ = C.toy_pairs(n["images"], seed, "train", SHORT_FRACTION)
+        images, captions, scenes = C.toy_pairs(n["images"], seed, "train", SHORT_FRACTION)
         held_images, held_captions, held_scenes = C.toy_pairs(n["eval_pairs"], seed, "validation")
     info["data"] = {"train_pairs": len(images), "held_out_pairs": len(held_images), "image_size": 64,
                     "train_short_fraction": SHORT_FRACTION, "split_seed": seed, **t.info()}
@@ -133,11 +149,16 @@ def build(out_dir: str | Path | None = None, scale: float = 1.0, seed: int = 0, 
 
     seeded(1)
     log("training the causal LM")
-    info["assets"]["lm"] = C.train_lm(tokenizer, captions, work / "lm", n["lm_steps"], batch["lm"], log=log)
+    answers = [restatement(scene, text) for scene, text in zip(scenes, captions)] if lm_answers != "none" else None
+    info["assets"]["lm"] = C.train_lm(tokenizer, captions, work / "lm", n["lm_steps"], batch["lm"],
+                                      responses=answers, log=log)
     seeded(2)
     log("training CLIP")
+    semantics = None
+    if clip_target == "semantics":
+        semantics = torch.from_numpy(np.stack([patch_semantics(Scene.from_dict(x)) for x in scenes]))
     info["assets"]["clip"] = C.train_clip(tokenizer, images, captions, work / "clip", n["clip_steps"],
-                                          batch["clip"], log=log)
+                                          batch["clip"], semantics=semantics, log=log)
     seeded(3)
     log("training the VAE")
     info["assets"]["vae"] = C.train_vae(images, work / "vae", n["vae_steps"], batch["vae"], log=log)

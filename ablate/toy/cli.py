@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 
+from ablate.toy.build import CLIP_TARGETS, LM_ANSWERS
+
 
 def _toy_build(args) -> None:
     from ablate.toy.build import build
 
-    info = build(args.out, scale=args.scale, seed=args.seed, threads=args.threads)
+    info = build(args.out, scale=args.scale, seed=args.seed, threads=args.threads,
+                 clip_target=args.clip_target, lm_answers=args.lm_answers)
     print(json.dumps({"out": args.out or "ablate/toy/assets", "wall_s": info["wall_s"],
                       "sizes_mb": info["sizes_mb"], "quality": info["quality"]}, indent=1))
 
@@ -44,6 +47,12 @@ def add_commands(sub) -> None:
                    help="shrink data and steps (1.0: the shipped build, ~15 min on 2 CPU cores)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    b.add_argument("--clip-target", choices=CLIP_TARGETS, default="pixels",
+                   help="what the CLIP's patch tokens are trained to tell: their pixels (shipped) or "
+                        "which shape/colour/size covers them (ablate.toy.scenes.patch_semantics)")
+    b.add_argument("--lm-answers", choices=LM_ANSWERS, default="none",
+                   help="none (shipped): the LM's training texts end at the generation prompt; "
+                        "restatement: it answers with the caption's content (ablate.toy.scenes.restatement)")
     b.set_defaults(func=_toy_build)
     d = toy.add_parser("data", help="write toy training shards + GenEval/DPG/MJHQ-format benchmark files")
     d.add_argument("--out", default="data/toy", help="output folder (default: data/toy, what the demo reads)")

@@ -151,16 +151,31 @@ def chat_prompt(tokenizer, caption: str) -> str:
 # ----------------------------------------------------------------------------- causal LM
 
 
+def lm_texts(tokenizer, captions: list[str], responses: list[str] | None = None) -> list[str]:
+    """The LM's stage-1 texts: odd captions plain, even ones in the generation prompt's chat
+    wrapping, followed by their response when ``responses`` are given."""
+    if responses is not None and len(responses) != len(captions):
+        raise ValueError(f"{len(responses)} responses for {len(captions)} captions; give one per caption")
+    answers = responses or [""] * len(captions)
+    return [(tokenizer.bos_token + c if i % 2 else chat_prompt(tokenizer, c) + a) + tokenizer.eos_token
+            for i, (c, a) in enumerate(zip(captions, answers))]
+
+
 def train_lm(tokenizer, captions: list[str], out: str | Path, steps: int, batch_size: int = 32,
              lr: float = 3e-3, hidden: int = 128, layers: int = 4, max_len: int = 192,
-             log=print) -> dict:
+             responses: list[str] | None = None, log=print) -> dict:
     """Stage 1 (understanding): next-token prediction on toy captions, half of them plain
     (``<s> caption </s>``), half wrapped in the generation prompt and chat template the
-    backbone will later use, so the frozen LM has seen exactly that format."""
+    backbone will later use, so the frozen LM has seen exactly that format.
+
+    ``responses`` (one per caption, e.g. :func:`ablate.toy.scenes.restatement`) are the
+    assistant's answers to the wrapped half. Without them the LM only learns that the
+    prompt ends there, and its states after the prompt hold the caption's wording (short or
+    detailed) rather than its content; with them it must carry the content past the prompt,
+    as a real instruct LM does. Measured in ``benchmarks/conditioning_check.py``."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    texts = [(tokenizer.bos_token + c if i % 2 else chat_prompt(tokenizer, c)) + tokenizer.eos_token
-             for i, c in enumerate(captions)]
+    texts = lm_texts(tokenizer, captions, responses)
     ids = [torch.tensor(x[:max_len]) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=3 * hidden,
                       num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
@@ -233,7 +248,7 @@ def _clip_pixels(images_u8: torch.Tensor) -> torch.Tensor:
 def train_clip(tokenizer, images: torch.Tensor, captions: list[str], out: str | Path, steps: int,
                batch_size: int = 64, lr: float = 1e-3, hidden: int = 128, vision_layers: int = 4,
                text_layers: int = 3, patch: int = 8, max_text_len: int = 77, pos_scale: float = 1.0,
-               dense_weight: float = 1.0, log=print) -> dict:
+               semantics: torch.Tensor | None = None, dense_weight: float = 1.0, log=print) -> dict:
     """A CLIP trained contrastively on (render, caption) pairs: 64 px, patch 8 -> 8x8 tokens.
 
     Two departures from plain CLIP training, both to give a 3-minute toy CLIP the dense patch
@@ -243,9 +258,10 @@ def train_clip(tokenizer, images: torch.Tensor, captions: list[str], out: str | 
     - the vision position embeddings start as a 2D sin-cos pattern of ``pos_scale`` times
       the patch embeddings' typical size (not HF's 0.02-std noise);
     - ``dense_weight`` x an auxiliary loss: a linear probe on the last block's patch tokens
-      (the features ``encoder.clip`` takes) predicts each patch's pixels and its grid
-      position. The probe is thrown away; only the ``CLIPModel`` is saved. (It also speeds
-      up the contrastive loss: 2.25 vs 2.42 after 300 steps.)
+      (the features ``encoder.clip`` takes) predicts each patch's grid position and its
+      content: ``semantics`` ``[N, patches, C]`` when given (what is on the patch, e.g.
+      :func:`ablate.toy.scenes.patch_semantics`: semantic features, as a web-scale CLIP's
+      are), else its pixels. The probe is thrown away; only the ``CLIPModel`` is saved.
     """
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
@@ -262,8 +278,12 @@ def train_clip(tokenizer, images: torch.Tensor, captions: list[str], out: str | 
     _strong_positions(model.vision_model.embeddings, size // patch, pos_scale)
     ids, mask = clip_text_ids(tokenizer, captions, max_text_len)
     side = size // patch
+    if semantics is not None and tuple(semantics.shape[:2]) != (len(images), side * side):
+        raise ValueError(f"semantics must be [images, patches, channels] = [{len(images)}, {side * side}, C], "
+                         f"got {list(semantics.shape)}")
     grid_pos = sincos_2d(side, 16)  # [side*side, 16] position targets
-    probe = torch.nn.Linear(hidden, 3 * patch * patch + 16)
+    content = semantics.shape[-1] if semantics is not None else 3 * patch * patch
+    probe = torch.nn.Linear(hidden, content + 16)
     params = list(model.parameters()) + list(probe.parameters())
     opt, sched = _optimizer(params, lr, steps, max(1, steps // 20), weight_decay=0.05)
     gen = torch.Generator().manual_seed(0)
@@ -279,8 +299,11 @@ def train_clip(tokenizer, images: torch.Tensor, captions: list[str], out: str | 
             loss = res.loss
             if dense_weight:
                 tokens = res.vision_model_output.last_hidden_state[:, 1:]  # [B, side*side, hidden]
-                patches = F.unfold(pixels, patch, stride=patch).transpose(1, 2)  # [B, side*side, 3*p*p]
-                target = torch.cat([patches, grid_pos.expand(len(idx), -1, -1)], -1)
+                if semantics is not None:
+                    target = semantics[idx]
+                else:
+                    target = F.unfold(pixels, patch, stride=patch).transpose(1, 2)  # [B, side*side, 3*p*p]
+                target = torch.cat([target, grid_pos.expand(len(idx), -1, -1)], -1)
                 dense = F.mse_loss(probe(tokens), target)
                 dense_losses.append(dense.item())
                 loss = loss + dense_weight * dense
@@ -300,6 +323,7 @@ def train_clip(tokenizer, images: torch.Tensor, captions: list[str], out: str | 
     return {"steps": steps, "batch_size": batch_size, "pairs": len(images), "lr": lr,
             "params": n_params(model), "image_size": size, "patch_size": patch,
             "position_init": f"2D sin-cos x {pos_scale}", "dense_weight": dense_weight,
+            "dense_target": "patch semantics" if semantics is not None else "patch pixels",
             "final_loss": _tail_mean(losses),
             "final_dense_loss": _tail_mean(dense_losses) if dense_losses else None, **t.info()}
 

@@ -171,16 +171,57 @@ def render(scene: Scene, size: int = 64) -> Image.Image:
     img = Image.new("RGB", (big, big), BACKGROUNDS[scene.background])
     draw = ImageDraw.Draw(img)
     for o in scene.objects:
-        d, cx, cy = SIZES[o.size] * big, o.x * big, o.y * big
-        color = COLORS[o.color]
-        if o.shape in ("circle", "ring"):
-            draw.ellipse([cx - d / 2, cy - d / 2, cx + d / 2, cy + d / 2], fill=color)
-            if o.shape == "ring":
-                h = d / 2 * RING_HOLE
-                draw.ellipse([cx - h, cy - h, cx + h, cy + h], fill=BACKGROUNDS[scene.background])
-        else:
-            draw.polygon([(cx + px * d, cy + py * d) for px, py in POLYGONS[o.shape]], fill=color)
+        _draw(draw, o, big, COLORS[o.color], BACKGROUNDS[scene.background])
     return img.reduce(SUPERSAMPLE)
+
+
+def _draw(draw: ImageDraw.ImageDraw, o: Obj, big: int, fill, hole_fill) -> None:
+    d, cx, cy = SIZES[o.size] * big, o.x * big, o.y * big
+    if o.shape in ("circle", "ring"):
+        draw.ellipse([cx - d / 2, cy - d / 2, cx + d / 2, cy + d / 2], fill=fill)
+        if o.shape == "ring":
+            h = d / 2 * RING_HOLE
+            draw.ellipse([cx - h, cy - h, cx + h, cy + h], fill=hole_fill)
+    else:
+        draw.polygon([(cx + px * d, cy + py * d) for px, py in POLYGONS[o.shape]], fill=fill)
+
+
+# What each patch of a scene shows: the shape, colour and size class of the object on it, that
+# object's centre, and the background (the same in every patch).
+SEMANTIC_CHANNELS = len(SHAPES) + len(COLORS) + len(SIZES) + 2 + len(BACKGROUNDS)
+
+
+def patch_semantics(scene: Scene, side: int = 8, size: int = 64) -> np.ndarray:
+    """``[side * side, SEMANTIC_CHANNELS]``: for each patch of a ``side`` x ``side`` grid
+    (row-major), one-hots of the shape, colour and size of the object covering most of it,
+    that object's centre (x, y in [-1, 1]), each scaled by how much of the patch it covers
+    (saturating at a third), and the background's one-hot.
+
+    What a patch feature of a web-scale CLIP says about its patch (what is there, not its
+    exact pixels), written down from the scene graph: the toy CLIP's dense training target.
+    Every patch of an object gets the same vector, so a generator only has to place it."""
+    big = size * SUPERSAMPLE
+    covers = []
+    for o in scene.objects:
+        mask = Image.new("L", (big, big), 0)
+        _draw(ImageDraw.Draw(mask), o, big, 255, 0)
+        covers.append(np.asarray(mask.resize((side, side), Image.BOX), np.float32) / 255)  # [y, x]
+    out = np.zeros((side, side, SEMANTIC_CHANNELS), np.float32)
+    if covers:
+        stacked = np.stack(covers)
+        top = stacked.argmax(0)
+        weight = np.minimum(1.0, 3 * stacked.max(0))
+        color_at, size_at = len(SHAPES), len(SHAPES) + len(COLORS)
+        centre_at = size_at + len(SIZES)
+        for k, o in enumerate(scene.objects):
+            w = np.where(top == k, weight, 0)
+            out[..., SHAPES.index(o.shape)] += w
+            out[..., color_at + list(COLORS).index(o.color)] += w
+            out[..., size_at + list(SIZES).index(o.size)] += w
+            out[..., centre_at] += w * (2 * o.x - 1)
+            out[..., centre_at + 1] += w * (2 * o.y - 1)
+    out[..., -len(BACKGROUNDS) + list(BACKGROUNDS).index(scene.background)] = 1
+    return out.reshape(side * side, SEMANTIC_CHANNELS)
 
 
 def ground_truth_detections(scene: Scene, size: int = 64) -> dict[str, list[dict]]:
@@ -288,6 +329,32 @@ def _detailed(scene: Scene, rng: np.random.Generator) -> str:
                                      "Each shape is filled with a single solid color; nothing overlaps.",
                                      "The style is clean and flat, with no shadows or textures."])))
     return " ".join(sentences)
+
+
+def restatement(scene: Scene | dict, text: str) -> str:
+    """What ``text`` (a caption of ``scene``) says, in one canonical form: the object groups
+    (with the colours and sizes the caption gives), the relations it states, its background.
+
+    The toy LM's stage-1 answer to the generation prompt, as an instruct LM answers "what
+    should the image show?": to write it, the LM's states after the prompt must hold the
+    caption's content whatever its wording, which is what the study's query tokens read.
+    """
+    scene = Scene.from_dict(scene) if isinstance(scene, dict) else scene
+    words = set(text.lower().replace(",", " ").replace(".", " ").split())
+    bg = BACKGROUND_WORDS[scene.background]
+    objects_text = text.replace(bg, " ")  # "light blue" background is not a blue object
+    with_color = any(f" {c} " in f" {objects_text} " for c in COLORS)
+    with_size = bool(words & set(SIZES))
+    parts = [join(_groups(scene, with_color, with_size))]
+    for a, rel, b in clear_pairs(scene):
+        for color in (True, False):
+            pa, pb = a.phrase(with_color=color), b.phrase(with_color=color)
+            if f"{pa} is {rel} the {pb}" in text or f"{pa} {rel} {article(pb)} {pb}" in text:
+                parts.append(f"{pa} {rel} {pb}")
+                break
+    if bg in text:
+        parts.append(f"{bg} background")
+    return "; ".join(parts)
 
 
 # ----------------------------------------------------------------------------- datasets
