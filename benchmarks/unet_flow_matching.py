@@ -2,7 +2,7 @@
 
 A diagnostic for "is the DiT's missing locality prior why the toy heads draw blobs, not
 shapes?". Same recipe as ``flow_matching`` (time sampling, interpolant, guidance, solvers:
-inherited), only the velocity net is a small diffusers ``UNet2DConditionModel`` that
+inherited), only ``build_net`` returns a small diffusers ``UNet2DConditionModel`` that
 cross-attends to the query states. Chosen by dotted path, with no edit to the package:
 
     python benchmarks/conditioning_check.py experiments/demo.yaml --cell vae+fm --modes label \\
@@ -47,13 +47,12 @@ class UNetFlowMatching(FlowMatching):
         unet_widths: tuple[int, ...] = (64, 128)
         unet_head_dim: int = 32
 
-    def __init__(self, cfg: Config, *, cond_dim: int, num_queries: int, target_shape: tuple[int, int, int]):
-        super().__init__(cfg, cond_dim=cond_dim, num_queries=num_queries, target_shape=target_shape)
-        c, h, w = self.target_shape
+    def build_net(self, cfg: Config, target_shape: tuple[int, int, int], cond_dim: int) -> nn.Module:
+        c, h, w = target_shape
         if h != w or h % 2 ** (len(cfg.unet_widths) - 1):
             raise ValueError(f"unet_widths={list(cfg.unet_widths)}: the {h}x{w} target grid must be square "
                              f"and divisible by {2 ** (len(cfg.unet_widths) - 1)}")
-        self.net = ConditionalUNet(c, h, cond_dim, tuple(cfg.unet_widths), cfg.unet_head_dim)
+        return ConditionalUNet(c, h, cond_dim, tuple(cfg.unet_widths), cfg.unet_head_dim)
 
     @classmethod
     def tiny_config(cls) -> Config:

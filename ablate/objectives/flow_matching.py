@@ -80,9 +80,14 @@ class FlowMatching(Objective):
     def __init__(self, cfg: Config, *, cond_dim: int, num_queries: int,
                  target_shape: tuple[int, int, int]):
         super().__init__(cfg, cond_dim=cond_dim, num_queries=num_queries, target_shape=target_shape)
-        c, h, w = self.target_shape
+        self.net = self.build_net(cfg, self.target_shape, cond_dim)
+
+    def build_net(self, cfg: Config, target_shape: tuple[int, int, int], cond_dim: int) -> torch.nn.Module:
+        """The velocity net ``net(x, t, cond, cond_mask)``, t in [0, 1]: a NextDiT sized by
+        ``cfg``. Override to try another denoiser under the same recipe."""
+        c, h, w = target_shape
         size = {f.name: getattr(cfg, f.name) for f in fields(DiTConfig) if f.name not in _FROM_CONTEXT}
-        self.net = DiT(DiTConfig(in_channels=c, grid=(h, w), cond_dim=cond_dim, **size))
+        return DiT(DiTConfig(in_channels=c, grid=(h, w), cond_dim=cond_dim, **size))
 
     @classmethod
     def tiny_config(cls) -> Config:

@@ -104,8 +104,8 @@ def build(out_dir: str | Path | None = None, scale: float = 1.0, seed: int = 0, 
     position, ``"pixels"`` (the shipped build) or ``"semantics"``
     (:func:`ablate.toy.scenes.patch_semantics`). ``lm_answers``: ``"none"`` (the shipped LM
     sees the generation prompt end the text) or ``"restatement"`` (it answers the prompt
-    with :func:`ablate.toy.scenes.restatement`). Both alternatives are the README's
-    experiments on what the toy heads lack; neither made them follow the prompt sooner.
+    with :func:`ablate.toy.scenes.restatement`). The alternatives are the README's
+    experiments on what the toy heads lack (section "Not reproduced in the CPU budget").
 
     Builds into a sibling temporary folder and swaps it in at the end, so a failed build
     leaves the previous assets intact. Returns the ``build_info.json`` record."""

@@ -172,7 +172,8 @@ def train_lm(tokenizer, captions: list[str], out: str | Path, steps: int, batch_
     assistant's answers to the wrapped half. Without them the LM only learns that the
     prompt ends there, and its states after the prompt hold the caption's wording (short or
     detailed) rather than its content; with them it must carry the content past the prompt,
-    as a real instruct LM does. Measured in ``benchmarks/conditioning_check.py``."""
+    as a real instruct LM does (what the heads can read of it: the ``lm`` mode of
+    ``benchmarks/conditioning_check.py``)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     texts = lm_texts(tokenizer, captions, responses)
