@@ -22,6 +22,9 @@ trains on GenEval-style captions ("a photo of a red circle"); ``mixed`` on the t
 caption mix (20 % short, 80 % detailed), as the demo's data does; the samples are always
 prompted with the short form. Results land in ``<out>/<cell>/conditioning_check.csv``, the
 samples in ``<out>/<cell>/samples/<mode>_<step>.png`` (a row per shape, a column per colour).
+With ``--ema 0.999`` every check also samples an exponential moving average of the head's
+weights (rows with ``weights: ema``, samples ``<mode>_ema_<step>.png``), as DiT-style
+trainings sample from.
 
     python benchmarks/conditioning_check.py experiments/demo.yaml --cell vae+fm --steps 1000
 
@@ -40,6 +43,7 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
+from torch.optim.swa_utils import AveragedModel
 
 from ablate.data.stream import preprocess
 from ablate.eval.sampling import contact_sheet, to_pil
@@ -52,6 +56,15 @@ from objective_only import head_step, load_cell  # noqa: E402
 
 MODES = ("label", "lm", "lm-std")
 PROBE_SHAPES = ("circle", "square", "diamond")  # the samples: every colour x these shapes
+
+
+def ema_with_warmup(decay: float):
+    """``AveragedModel``'s ``avg_fn`` for an EMA whose decay ramps up as ``(1 + n) / (10 + n)``
+    to ``decay``, so a run of a few thousand steps does not keep its initial weights."""
+    def avg_fn(averaged: torch.Tensor, current: torch.Tensor, num_averaged) -> torch.Tensor:
+        n = int(num_averaged)
+        return torch.lerp(averaged, current, 1 - min(decay, (1 + n) / (10 + n)))
+    return avg_fn
 
 
 def short_caption(color: str, shape: str) -> str:
@@ -132,7 +145,11 @@ def main() -> None:
     p.add_argument("--captions", choices=("short", "mixed"), default="short")
     p.add_argument("--out", default="results/conditioning_check")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--ema", type=float, default=0.0,
+                   help="also sample from an EMA of the head's weights with this decay (0: off; e.g. 0.999)")
     args = p.parse_args()
+    if not 0.0 <= args.ema < 1.0:
+        raise SystemExit(f"--ema {args.ema}: the decay must be in [0, 1) (0: off)")
     if args.threads:
         torch.set_num_threads(args.threads)
     modes = [m for m in args.modes.split(",") if m]
@@ -169,23 +186,31 @@ def main() -> None:
         t = run.train
         opt = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
         order = torch.Generator().manual_seed(run.seed)
+        heads = {"raw": objective}
+        if args.ema:
+            heads["ema"] = AveragedModel(objective, avg_fn=ema_with_warmup(args.ema), use_buffers=True)
         losses, start = [], time.time()
         for step in range(1, args.steps + 1):
             losses.append(head_step(objective, opt, params, conds, targets, run, step, order))
+            if args.ema:
+                heads["ema"].update_parameters(objective)
             if step % args.every == 0 or step == args.steps:
-                objective.eval()
-                g = torch.Generator(device).manual_seed(run.seed)
-                with torch.no_grad():
-                    images = to_pil(module.encoder.decode(objective.sample(probe_conds, generator=g), generator=g))
-                scores = judge_single_objects(images, probe_colors, probe_shapes)
-                # a row per probe shape, a column per colour
-                contact_sheet(images, columns=len(COLORS)).save(samples_dir / f"{mode}_{step:07d}.png")
-                rows.append({"mode": mode, "step": step, "loss": float(np.mean(losses[-args.every:])), **scores,
-                             "seconds": time.time() - start})
-                print(f"{mode} step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in rows[-1].items()
-                                                          if k not in ("mode", "step")), flush=True)
+                for weights, head in heads.items():
+                    head.eval()
+                    g = torch.Generator(device).manual_seed(run.seed)
+                    with torch.no_grad():
+                        sample = getattr(head, "module", head).sample(probe_conds, generator=g)
+                        images = to_pil(module.encoder.decode(sample, generator=g))
+                    scores = judge_single_objects(images, probe_colors, probe_shapes)
+                    # a row per probe shape, a column per colour
+                    name = mode if weights == "raw" else f"{mode}_ema"
+                    contact_sheet(images, columns=len(COLORS)).save(samples_dir / f"{name}_{step:07d}.png")
+                    rows.append({"mode": mode, "weights": weights, "step": step,
+                                 "loss": float(np.mean(losses[-args.every:])), **scores, "seconds": time.time() - start})
+                    print(f"{name} step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in rows[-1].items()
+                                                              if k not in ("mode", "weights", "step")), flush=True)
                 pd.DataFrame(rows).to_csv(out_dir / "conditioning_check.csv", index=False)
-    table = pd.DataFrame(rows).pivot(index="step", columns="mode", values="colour")
+    table = pd.DataFrame(rows).pivot(index="step", columns=["mode", "weights"], values="colour")
     print(f"\ncolour accuracy of the samples (chance {1 / len(COLORS):.2f}):\n{table.to_string()}")
 
 

@@ -103,6 +103,7 @@ def test_conditioning_check_runs_every_mode_on_a_shrunk_study(tiny_models, tiny_
     assert "6 single-object pairs (mixed captions)" in capsys.readouterr().out
     rows = pd.read_csv(out / "vae+fm" / "conditioning_check.csv")
     assert rows["mode"].tolist() == ["label", "lm", "lm-std"] and (rows["step"] == 2).all()
+    assert (rows["weights"] == "raw").all()
     assert rows[["found", "colour", "shape"]].apply(lambda c: c.between(0, 1)).all().all()
     assert (rows["loss"] > 0).all()
     assert sorted(p.name for p in (out / "vae+fm" / "samples").iterdir()) == [
@@ -134,3 +135,22 @@ def test_unet_flow_matching_plugin_loads_by_dotted_path_and_fits_a_batch(monkeyp
     assert head.sample(cond, generator=torch.Generator().manual_seed(0)).shape == (2, 4, 8, 8)
     with pytest.raises(ValueError, match="the 7x7 target grid must be square and divisible by 2"):
         cls(cls.tiny_config(), cond_dim=12, num_queries=3, target_shape=(4, 7, 7))
+
+
+def test_conditioning_check_samples_an_ema_of_the_head(tiny_models, tiny_shards, tmp_path, monkeypatch):
+    spec = shrink_study(yaml.safe_load((ROOT / "experiments" / "demo.yaml").read_text()),
+                        tiny_models, tiny_shards, tmp_path / "results")
+    study = write_spec(spec, tmp_path / "demo.yaml")
+    out = tmp_path / "conditioning_check"
+    monkeypatch.setattr(sys, "argv", ["conditioning_check.py", str(study), "--cell", "vae+fm", "--pairs", "6",
+                                      "--modes", "label", "--steps", "2", "--every", "2", "--ema", "0.9",
+                                      "--out", str(out)])
+    runpy.run_path(str(ROOT / "benchmarks" / "conditioning_check.py"), run_name="__main__")
+    rows = pd.read_csv(out / "vae+fm" / "conditioning_check.csv")
+    assert rows["weights"].tolist() == ["raw", "ema"] and (rows["mode"] == "label").all()
+    assert sorted(p.name for p in (out / "vae+fm" / "samples").iterdir()) == [
+        "label_0000002.png", "label_ema_0000002.png"]
+    avg_fn = _conditioning_check()["ema_with_warmup"](0.999)
+    old, new = torch.zeros(3), torch.ones(3)
+    assert torch.allclose(avg_fn(old, new, torch.tensor(0)), torch.full((3,), 0.9))  # decay 1/10 at the start
+    assert torch.allclose(avg_fn(old, new, torch.tensor(10**6)), torch.full((3,), 0.001))  # then the decay
