@@ -154,3 +154,36 @@ def test_conditioning_check_samples_an_ema_of_the_head(tiny_models, tiny_shards,
     old, new = torch.zeros(3), torch.ones(3)
     assert torch.allclose(avg_fn(old, new, torch.tensor(0)), torch.full((3,), 0.9))  # decay 1/10 at the start
     assert torch.allclose(avg_fn(old, new, torch.tensor(10**6)), torch.full((3,), 0.001))  # then the decay
+
+
+def test_decoder_tolerance_perturbations():
+    perturb = runpy.run_path(str(ROOT / "benchmarks" / "decoder_tolerance.py"))["perturb"]
+    torch.manual_seed(0)
+    feats = torch.randn(3, 4, 8, 8)
+    assert torch.equal(perturb(feats, "noise", 0.0, seed=0), feats)
+    noisy = perturb(feats, "noise", 0.5, seed=0)
+    assert torch.allclose((noisy - feats).std(), 0.5 * feats.std(), rtol=0.15)
+    assert torch.equal(noisy, perturb(feats, "noise", 0.5, seed=0))  # seeded
+    flat = torch.full((1, 2, 8, 8), 3.0)
+    assert torch.allclose(perturb(flat, "lowpass", 2, seed=0), flat)  # no detail to lose
+    checker = (torch.arange(8)[:, None] + torch.arange(8)[None]) % 2 * 2.0 - 1  # finest detail only
+    assert torch.allclose(perturb(checker.expand(1, 2, 8, 8), "lowpass", 2, seed=0), torch.zeros(1, 2, 8, 8))
+    assert not torch.allclose(perturb(feats, "lowpass", 2, seed=0), feats)
+    with pytest.raises(ValueError, match="lowpass 3.0: must be a whole number that divides the 8x8 grid"):
+        perturb(feats, "lowpass", 3.0, seed=0)
+    with pytest.raises(ValueError, match="unknown perturbation 'blur'"):
+        perturb(feats, "blur", 1, seed=0)
+
+
+def test_decoder_tolerance_runs_on_a_shrunk_study(tiny_models, tiny_shards, tmp_path, monkeypatch, capsys):
+    spec = shrink_study(yaml.safe_load((ROOT / "experiments" / "demo.yaml").read_text()),
+                        tiny_models, tiny_shards, tmp_path / "results")
+    study = write_spec(spec, tmp_path / "demo.yaml")
+    out = tmp_path / "decoder_tolerance"
+    monkeypatch.setattr(sys, "argv", ["decoder_tolerance.py", str(study), "--cell", "vae+fm", "--images", "4",
+                                      "--noise", "0,0.5", "--lowpass", "2", "--out", str(out)])
+    runpy.run_path(str(ROOT / "benchmarks" / "decoder_tolerance.py"), run_name="__main__")
+    rows = pd.read_csv(out / "vae+fm" / "decoder_tolerance.csv")
+    assert list(zip(rows["perturbation"], rows["level"])) == [("noise", 0.0), ("noise", 0.5), ("lowpass", 2.0)]
+    assert rows[["shapes", "colors", "exact"]].apply(lambda c: c.between(0, 1)).all().all()
+    assert (rows["images"] == 4).all() and "VAEEncoder" in capsys.readouterr().out
