@@ -14,11 +14,16 @@ from PIL import Image
 ROOT = Path(__file__).parent.parent
 
 
-def test_objective_only_trains_the_head_and_logs_the_run_metrics(tiny_models, tiny_shards, tmp_path,
-                                                                monkeypatch, capsys):
+def _shrunk_demo(tiny_models, tiny_shards, tmp_path: Path) -> Path:
+    """experiments/demo.yaml shrunk onto the tiny models and shards, written to tmp_path."""
     spec = shrink_study(yaml.safe_load((ROOT / "experiments" / "demo.yaml").read_text()),
                         tiny_models, tiny_shards, tmp_path / "results")
-    study = write_spec(spec, tmp_path / "demo.yaml")
+    return write_spec(spec, tmp_path / "demo.yaml")
+
+
+def test_objective_only_trains_the_head_and_logs_the_run_metrics(tiny_models, tiny_shards, tmp_path,
+                                                                monkeypatch, capsys):
+    study = _shrunk_demo(tiny_models, tiny_shards, tmp_path)
     out = tmp_path / "objective_only"
     monkeypatch.setattr(sys, "argv", ["objective_only.py", str(study), "--cell", "vae+fm", "--pairs", "6",
                                       "--every", "2", "--out", str(out), "--set", "train.max_steps=3"])
@@ -93,9 +98,7 @@ def test_conditioning_check_modes_carry_the_label_or_standardise_the_states():
 
 
 def test_conditioning_check_runs_every_mode_on_a_shrunk_study(tiny_models, tiny_shards, tmp_path, monkeypatch, capsys):
-    spec = shrink_study(yaml.safe_load((ROOT / "experiments" / "demo.yaml").read_text()),
-                        tiny_models, tiny_shards, tmp_path / "results")
-    study = write_spec(spec, tmp_path / "demo.yaml")
+    study = _shrunk_demo(tiny_models, tiny_shards, tmp_path)
     out = tmp_path / "conditioning_check"
     monkeypatch.setattr(sys, "argv", ["conditioning_check.py", str(study), "--cell", "vae+fm", "--pairs", "6",
                                       "--steps", "2", "--every", "2", "--captions", "mixed", "--out", str(out)])
@@ -138,9 +141,7 @@ def test_unet_flow_matching_plugin_loads_by_dotted_path_and_fits_a_batch(monkeyp
 
 
 def test_conditioning_check_samples_an_ema_of_the_head(tiny_models, tiny_shards, tmp_path, monkeypatch):
-    spec = shrink_study(yaml.safe_load((ROOT / "experiments" / "demo.yaml").read_text()),
-                        tiny_models, tiny_shards, tmp_path / "results")
-    study = write_spec(spec, tmp_path / "demo.yaml")
+    study = _shrunk_demo(tiny_models, tiny_shards, tmp_path)
     out = tmp_path / "conditioning_check"
     monkeypatch.setattr(sys, "argv", ["conditioning_check.py", str(study), "--cell", "vae+fm", "--pairs", "6",
                                       "--modes", "label", "--steps", "2", "--every", "2", "--ema", "0.9",
@@ -176,9 +177,7 @@ def test_decoder_tolerance_perturbations():
 
 
 def test_decoder_tolerance_runs_on_a_shrunk_study(tiny_models, tiny_shards, tmp_path, monkeypatch, capsys):
-    spec = shrink_study(yaml.safe_load((ROOT / "experiments" / "demo.yaml").read_text()),
-                        tiny_models, tiny_shards, tmp_path / "results")
-    study = write_spec(spec, tmp_path / "demo.yaml")
+    study = _shrunk_demo(tiny_models, tiny_shards, tmp_path)
     out = tmp_path / "decoder_tolerance"
     monkeypatch.setattr(sys, "argv", ["decoder_tolerance.py", str(study), "--cell", "vae+fm", "--images", "4",
                                       "--noise", "0,0.5", "--lowpass", "2", "--out", str(out)])
