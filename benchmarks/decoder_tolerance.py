@@ -25,10 +25,12 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from ablate.toy.components import judge_images, to_pil, to_unit, toy_pairs
+from ablate.eval.sampling import to_pil
+from ablate.registry import get_registry
+from ablate.toy.components import judge_images, to_unit, toy_pairs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling diagnostic's cell loading
-from objective_only import load_cell  # noqa: E402
+from objective_only import resolve_cell  # noqa: E402
 
 
 def perturb(features: torch.Tensor, kind: str, level: float, seed: int) -> torch.Tensor:
@@ -61,9 +63,10 @@ def main() -> None:
     p.add_argument("--out", default="results/decoder_tolerance")
     args = p.parse_args()
 
-    run, module, out_dir = load_cell(args, {"decoder_tolerance": vars(args)})
-    encoder = module.encoder
-    device = module.backbone.queries.device
+    run, out_dir = resolve_cell(args, {"decoder_tolerance": vars(args)})
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # only the encoder (and its decoder): the cell's LM and head play no part here
+    encoder = get_registry("encoder").build(run.encoder, where="encoder").to(device).eval()
     images, _, scenes = toy_pairs(args.images, run.seed, "validation", size=encoder.resolution)
     rows = []
     with torch.no_grad():
@@ -73,7 +76,7 @@ def main() -> None:
                 g = torch.Generator(device).manual_seed(run.seed)
                 decoded = encoder.decode(perturb(features, kind, level, run.seed), generator=g)
                 rows.append({"perturbation": kind, "level": level,
-                             **judge_images([to_pil(x) for x in decoded], scenes)})
+                             **judge_images(to_pil(decoded), scenes)})
                 print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
     table.to_csv(out_dir / "decoder_tolerance.csv", index=False)

@@ -59,9 +59,9 @@ def cached_pairs(module: AblationModule, n: int) -> tuple[torch.Tensor, torch.Te
     return torch.cat(targets)[:n], torch.cat(conds)[:n]
 
 
-def load_cell(args: argparse.Namespace, record: dict):
-    """(run spec, module on the GPU when there is one, output folder) of ``args.cell`` of
-    ``args.study``; writes the resolved spec + provenance + ``record`` to its config.yaml."""
+def resolve_cell(args: argparse.Namespace, record: dict):
+    """(run spec, output folder) of ``args.cell`` of ``args.study``; writes the resolved spec
+    + provenance + ``record`` to its config.yaml."""
     study = load_study(args.study, args.set)
     cells = {c.cell: c for c in study.cells}
     if args.cell not in cells:
@@ -70,6 +70,13 @@ def load_cell(args: argparse.Namespace, record: dict):
     out_dir = Path(args.out) / args.cell
     # the resolved run spec + git commit, versions and command line, as every run records
     write_run_config(run, out_dir / "config.yaml", record)
+    return run, out_dir
+
+
+def load_cell(args: argparse.Namespace, record: dict):
+    """(run spec, module on the GPU when there is one, output folder) of ``args.cell`` of
+    ``args.study`` (see :func:`resolve_cell`)."""
+    run, out_dir = resolve_cell(args, record)
     torch.manual_seed(run.seed)
     module = AblationModule.from_run(run)
     module.to("cuda" if torch.cuda.is_available() else "cpu").eval()

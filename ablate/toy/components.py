@@ -110,11 +110,10 @@ def to_unit(images_u8: torch.Tensor) -> torch.Tensor:
 
 
 def to_pil(pixels: torch.Tensor):
-    """One ``[3, H, W]`` image in [-1, 1] -> PIL."""
-    from PIL import Image
+    """One ``[3, H, W]`` image in [-1, 1] -> PIL (``ablate.eval.sampling.to_pil`` of a batch of one)."""
+    from ablate.eval.sampling import to_pil as batch_to_pil
 
-    arr = ((pixels.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0)
-    return Image.fromarray(arr.cpu().numpy())
+    return batch_to_pil(pixels.detach().float()[None])[0]
 
 
 # ----------------------------------------------------------------------------- tokenizer
