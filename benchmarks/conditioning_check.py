@@ -20,7 +20,8 @@ it with the cell's encoder and asks the toy detector's segmenter what it drew: `
 ``found`` (any object at all). Chance is 0.1 for colour (ten colours). ``--captions short``
 trains on GenEval-style captions ("a photo of a red circle"); ``mixed`` on the toy grammar's
 caption mix (20 % short, 80 % detailed), as the demo's data does; the samples are always
-prompted with the short form. Results land in ``<out>/<cell>/conditioning_check.csv``, the
+prompted with the short form. ``--centre`` puts every object at the image centre, so the
+head has no position to choose and only the colour, shape and size to follow. Results land in ``<out>/<cell>/conditioning_check.csv``, the
 samples in ``<out>/<cell>/samples/<mode>_<step>.png`` (a row per shape, a column per colour).
 With ``--ema 0.999`` every check also samples an exponential moving average of the head's
 weights (rows with ``weights: ema``, samples ``<mode>_ema_<step>.png``), as DiT-style
@@ -37,6 +38,7 @@ import argparse
 import copy
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +51,7 @@ from ablate.data.stream import preprocess
 from ablate.eval.sampling import contact_sheet, to_pil
 from ablate.module import AblationModule
 from ablate.toy.judges import classify, nearest_color, segment
-from ablate.toy.scenes import COLORS, SHAPES, caption, render, sample_scene
+from ablate.toy.scenes import COLORS, SHAPES, Scene, caption, render, sample_scene
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling diagnostic's training step
 from objective_only import head_step, load_cell  # noqa: E402
@@ -87,14 +89,22 @@ def judge_single_objects(images: list[Image.Image], colors: list[str], shapes: l
 
 
 @torch.no_grad()
-def single_object_pairs(module: AblationModule, n: int, captions: str, seed: int):
-    """(targets, captions, colour ids, shape ids) of ``n`` rendered one-object scenes."""
+def centred(scene: Scene) -> Scene:
+    """``scene`` with every object moved to the image centre (for one-object scenes)."""
+    return Scene([replace(o, x=0.5, y=0.5) for o in scene.objects], scene.background)
+
+
+def single_object_pairs(module: AblationModule, n: int, captions: str, seed: int, centre: bool = False):
+    """(targets, captions, colour ids, shape ids) of ``n`` rendered one-object scenes,
+    each object at the image centre with ``centre``."""
     rng = np.random.default_rng([seed, 7])
     transform = preprocess(module.encoder.resolution)
     device = module.backbone.queries.device
     targets, texts, color_ids, shape_ids = [], [], [], []
     for start in range(0, n, 64):
         scenes = [sample_scene(rng, 1) for _ in range(min(64, n - start))]
+        if centre:
+            scenes = [centred(s) for s in scenes]
         pixels = torch.stack([transform(render(s)) for s in scenes]).to(device)
         targets.append(module.encoder.encode(pixels))
         for s in scenes:
@@ -143,6 +153,7 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=3000, help="training scenes to render and encode")
     p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, from {MODES}")
     p.add_argument("--captions", choices=("short", "mixed"), default="short")
+    p.add_argument("--centre", action="store_true", help="every training object at the image centre")
     p.add_argument("--out", default="results/conditioning_check")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--ema", type=float, default=0.0,
@@ -158,13 +169,15 @@ def main() -> None:
 
     run, module, out_dir = load_cell(args, {"conditioning_check": vars(args) | {"modes": modes}})
     device = module.backbone.queries.device
-    targets, texts, color_ids, shape_ids = single_object_pairs(module, args.pairs, args.captions, run.seed)
+    targets, texts, color_ids, shape_ids = single_object_pairs(module, args.pairs, args.captions, run.seed,
+                                                                  args.centre)
     color_ids, shape_ids = color_ids.to(device), shape_ids.to(device)
     lm_states = None
     if any(mode != "label" for mode in modes):
         with torch.no_grad():
             lm_states = torch.cat([module.conditioning(texts[i:i + 64]) for i in range(0, len(texts), 64)])
-    print(f"{len(targets)} single-object pairs ({args.captions} captions), targets {tuple(targets.shape[1:])}",
+    print(f"{len(targets)} single-object pairs ({args.captions} captions"
+          f"{', centred' if args.centre else ''}), targets {tuple(targets.shape[1:])}",
           flush=True)
 
     probe_colors = [c for _ in PROBE_SHAPES for c in COLORS]

@@ -4,6 +4,7 @@ import runpy
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -97,13 +98,28 @@ def test_conditioning_check_modes_carry_the_label_or_standardise_the_states():
     assert torch.equal(conditioner("lm", None, states, seed=0)([], colors, shapes, lm_states=states), states)
 
 
+def test_conditioning_check_centre_moves_the_object_and_keeps_the_rest():
+    from ablate.toy.judges import segment
+    from ablate.toy.scenes import render, sample_scene
+
+    scene = sample_scene(np.random.default_rng(3), 1)
+    scene.objects[0].x, scene.objects[0].y = 0.2, 0.7
+    moved = _conditioning_check()["centred"](scene)
+    assert (moved.objects[0].x, moved.objects[0].y) == (0.5, 0.5) and scene.objects[0].x == 0.2  # a copy
+    assert (moved.objects[0].shape, moved.objects[0].color, moved.objects[0].size, moved.background) == (
+        scene.objects[0].shape, scene.objects[0].color, scene.objects[0].size, scene.background)
+    (found,) = segment(render(moved))
+    x0, y0, x1, y1 = found["box"]
+    assert abs((x0 + x1) / 2 - 32) <= 3 and abs((y0 + y1) / 2 - 32) <= 3
+
+
 def test_conditioning_check_runs_every_mode_on_a_shrunk_study(tiny_models, tiny_shards, tmp_path, monkeypatch, capsys):
     study = _shrunk_demo(tiny_models, tiny_shards, tmp_path)
     out = tmp_path / "conditioning_check"
     monkeypatch.setattr(sys, "argv", ["conditioning_check.py", str(study), "--cell", "vae+fm", "--pairs", "6",
-                                      "--steps", "2", "--every", "2", "--captions", "mixed", "--out", str(out)])
+                                      "--steps", "2", "--every", "2", "--captions", "mixed", "--centre", "--out", str(out)])
     runpy.run_path(str(ROOT / "benchmarks" / "conditioning_check.py"), run_name="__main__")
-    assert "6 single-object pairs (mixed captions)" in capsys.readouterr().out
+    assert "6 single-object pairs (mixed captions, centred)" in capsys.readouterr().out
     rows = pd.read_csv(out / "vae+fm" / "conditioning_check.csv")
     assert rows["mode"].tolist() == ["label", "lm", "lm-std"] and (rows["step"] == 2).all()
     assert (rows["weights"] == "raw").all()
@@ -113,6 +129,7 @@ def test_conditioning_check_runs_every_mode_on_a_shrunk_study(tiny_models, tiny_
         "label_0000002.png", "lm-std_0000002.png", "lm_0000002.png"]
     recorded = yaml.safe_load((out / "vae+fm" / "config.yaml").read_text())
     assert recorded["provenance"]["conditioning_check"]["captions"] == "mixed" and "git" in recorded["provenance"]
+    assert recorded["provenance"]["conditioning_check"]["centre"] is True
 
 
 def test_unet_flow_matching_plugin_loads_by_dotted_path_and_fits_a_batch(monkeypatch):
