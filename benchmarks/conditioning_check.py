@@ -21,9 +21,10 @@ it with the cell's encoder and asks the toy detector's segmenter what it drew: `
 trains on GenEval-style captions ("a photo of a red circle"); ``mixed`` on the toy grammar's
 caption mix (20 % short, 80 % detailed), as the demo's data does; the samples are always
 prompted with the short form. ``--centre`` puts every object at the image centre, so the
-head has no position to choose and only the colour, shape and size to follow. Results land in ``<out>/<cell>/conditioning_check.csv``, the
-samples in ``<out>/<cell>/samples/<mode>_<step>.png`` (a row per shape, a column per colour).
-With ``--ema 0.999`` every check also samples an exponential moving average of the head's
+head has no position to choose and only the colour, shape and size to follow. Results land
+in ``<out>/<cell>/conditioning_check.csv``, the samples in
+``<out>/<cell>/samples/<mode>_<step>.png`` (a row per shape, a column per colour). With
+``--ema 0.999`` every check also samples an exponential moving average of the head's
 weights (rows with ``weights: ema``, samples ``<mode>_ema_<step>.png``), as DiT-style
 trainings sample from.
 
@@ -88,12 +89,12 @@ def judge_single_objects(images: list[Image.Image], colors: list[str], shapes: l
     return {"found": found / n, "colour": color_ok / n, "shape": shape_ok / n}
 
 
-@torch.no_grad()
 def centred(scene: Scene) -> Scene:
     """``scene`` with every object moved to the image centre (for one-object scenes)."""
-    return Scene([replace(o, x=0.5, y=0.5) for o in scene.objects], scene.background)
+    return replace(scene, objects=[replace(o, x=0.5, y=0.5) for o in scene.objects])
 
 
+@torch.no_grad()
 def single_object_pairs(module: AblationModule, n: int, captions: str, seed: int, centre: bool = False):
     """(targets, captions, colour ids, shape ids) of ``n`` rendered one-object scenes,
     each object at the image centre with ``centre``."""
