@@ -18,7 +18,7 @@ def tests(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff==0.17.6")
-    session.run("ruff", "check", "ablate", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "check", "ablate", "tests", "benchmarks", "research", "noxfile.py")
 
 
 @nox.session

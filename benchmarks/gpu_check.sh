@@ -9,7 +9,7 @@
 # 3. `ablate bench` of two toy cells on the GPU;
 # 4. benchmarks/real_size.py: step time / memory / MFU of the paper-size cells;
 # 5. "learning": how many steps the toy FM heads need before GenEval / DPG leave chance
-#    (benchmarks/objective_only.py, LEARN_STEPS at batch 64, evaluated every LEARN_EVERY;
+#    (research/toy_diagnostics/objective_only.py, LEARN_STEPS at batch 64, evaluated every LEARN_EVERY;
 #    nothing up to 12,500 steps of batch 64 on one H100: results/reference/gpu_learning_h100/).
 # Prints figures; logs and tables go to OUT_DIR. If .whl/ holds wheels (a machine without
 # the project's pins and without a package index), they are installed to /tmp/site first.
@@ -75,7 +75,7 @@ if want learning; then
 # evaluated by then is kept (metrics.csv is appended at every evaluation).
 section "learning: FM heads alone on cached pairs (${LEARN_STEPS:=10000} steps of batch 64) and the full clip+fm run (${GRID_STEPS:=5000} steps)"
 for cell in vae+fm clip+fm; do
-  timeout ${LEARN_TIMEOUT:=1800} python3 benchmarks/objective_only.py experiments/demo.yaml --cell $cell \
+  timeout ${LEARN_TIMEOUT:=1800} python3 research/toy_diagnostics/objective_only.py experiments/demo.yaml --cell $cell \
     --set train.max_steps=$LEARN_STEPS data.batch_size=64 --every ${LEARN_EVERY:-2500} --out /tmp/learning 2>&1 \
     | quiet | grep --line-buffered -E "^(cached|step)" | cut -c1-600 | sed -u "s/^/[$cell] /" &
 done

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ablate.eval.diversity import diversity, mean_pairwise_distance, sample_seed
-from ablate.eval.fid import build_feature_extractor
+from ablate.eval.scorers.diversity import diversity, mean_pairwise_distance, sample_seed
+from ablate.eval.scorers.fid import build_feature_extractor
 
 
 def test_identical_samples_give_zero():

@@ -7,8 +7,8 @@ import json
 import pytest
 from PIL import Image
 
-from ablate.eval import dpg
-from ablate.eval.dpg import (
+from ablate.eval.scorers import dpg
+from ablate.eval.scorers.dpg import (
     DPGFormatError,
     aggregate,
     crop_score,

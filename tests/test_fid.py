@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ablate.eval import fid
-from ablate.eval.fid import (
+from ablate.eval.scorers import fid
+from ablate.eval.scorers.fid import (
     FIDSettings,
     build_feature_extractor,
     extract_features,

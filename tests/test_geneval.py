@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from ablate.config import ConfigError, check_plugin_spec
-from ablate.eval import geneval as G
+from ablate.eval.scorers import geneval as G
 from ablate.registry import get_registry
 
 REAL = Path("/work/shared/data/geneval/evaluation_metadata.jsonl")

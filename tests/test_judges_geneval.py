@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from ablate.config import ConfigError
-from ablate.eval import geneval as G
+from ablate.eval.scorers import geneval as G
 from ablate.registry import get_registry
 
 LABELS = ["person", "dog", "car", "mouse", "teddy bear"]  # "mouse": the COCO/detectron2 name

@@ -184,7 +184,7 @@ def _structure(item):
 
 
 def test_geneval_file_has_the_real_format(bench_dir):
-    geneval = pytest.importorskip("ablate.eval.geneval")
+    geneval = pytest.importorskip("ablate.eval.scorers.geneval")
     items = geneval.load_metadata(bench_dir / "geneval" / "evaluation_metadata.jsonl")  # validates
     assert {i["tag"] for i in items} == set(B.GENEVAL_TAGS) and len(items) == 60
     if REAL_GENEVAL.is_file():  # same keys per tag as the real file
@@ -200,7 +200,7 @@ def test_geneval_file_has_the_real_format(bench_dir):
 
 def _geneval_ok(item, detections):
     try:
-        from ablate.eval.geneval import evaluate
+        from ablate.eval.scorers.geneval import evaluate
     except ImportError:  # the scorer is not there: check counts and colours directly
         ok = all(len([d for d in detections.get(c["class"], []) if "color" not in c or d["color"] == c["color"]])
                  >= c["count"] for c in item["include"])
@@ -248,7 +248,7 @@ def test_geneval_wrong_scenes_fail(bench_dir):
 
 
 def test_dpg_files_read_back_and_questions_chain(bench_dir):
-    dpg = pytest.importorskip("ablate.eval.dpg")
+    dpg = pytest.importorskip("ablate.eval.scorers.dpg")
     items = dpg.read_dpg_bench(bench_dir / "dpg_bench")
     assert len(items) == 24
     broad = Counter()

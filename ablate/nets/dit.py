@@ -265,7 +265,7 @@ class DiT(nn.Module):
                 nn.init.normal_(m.weight, std=0.02)
         # cond_pool_embed keeps its xavier init, unlike Lumina-Next's zero-initialised caption
         # embedder: on the toy world, zero init memorised 16 pairs more slowly (600 steps,
-        # recall/ratio 0.55 vs 0.48; benchmarks/objective_only.py --pairs 16).
+        # recall/ratio 0.55 vs 0.48; research/toy_diagnostics/objective_only.py --pairs 16).
         # Zero modulation: every block starts as the identity and the output as 0, so the
         # untrained net is a stable no-op the first steps can grow out of.
         for block in self.blocks:

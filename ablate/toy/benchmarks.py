@@ -216,7 +216,7 @@ def parse_question(question: str) -> dict | None:
 
 def scene_for_dpg(item: dict, rng: np.random.Generator) -> Scene:
     """A scene in which every question of a DPG item is true. ``item``: a dict with
-    ``questions`` (strings, as ``dpg_items`` / ``read_dpg`` give) or an ``ablate.eval.dpg.DPGItem``."""
+    ``questions`` (strings, as ``dpg_items`` / ``read_dpg`` give) or an ``ablate.eval.scorers.dpg.DPGItem``."""
     item_id = item.get("item_id") if isinstance(item, dict) else item.item_id
     questions = [q if isinstance(q, str) else q.question
                  for q in (item["questions"] if isinstance(item, dict) else item.questions)]

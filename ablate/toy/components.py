@@ -172,7 +172,7 @@ def train_lm(tokenizer, captions: list[str], out: str | Path, steps: int, batch_
     prompt ends there, and its states after the prompt hold the caption's wording (short or
     detailed) rather than its content; with them it must carry the content past the prompt,
     as a real instruct LM does (what the heads can read of it: the ``lm`` mode of
-    ``benchmarks/conditioning_check.py``)."""
+    ``research/toy_diagnostics/conditioning_check.py``)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     texts = lm_texts(tokenizer, captions, responses)

@@ -116,8 +116,8 @@ class Scene:
 
 def relations(box_a, box_b) -> list[str]:
     """Spatial relations of A relative to B ("left of", "above", ...) by GenEval's own rule,
-    in the fixed order of ``ablate.eval.geneval.RELATIONS``."""
-    from ablate.eval.geneval import RELATIONS, relative_position
+    in the fixed order of ``ablate.eval.scorers.geneval.RELATIONS``."""
+    from ablate.eval.scorers.geneval import RELATIONS, relative_position
 
     found = relative_position(box_a, box_b)
     return [r for r in RELATIONS if r in found]

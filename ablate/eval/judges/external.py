@@ -10,7 +10,7 @@ what it writes. One judge, three modes, picked by ``mode``:
 
   Each output line needs ``tag`` and ``correct`` (the official file also has filename,
   prompt, reason, metadata). The judge sets ``scores_folders = True`` so
-  ``ablate.eval.geneval.judge_layout`` hands it the folder instead of calling ``detect``.
+  ``ablate.eval.scorers.geneval.judge_layout`` hands it the folder instead of calling ``detect``.
 - ``detect``: a GenEval detector. Input ``{input}`` is a jsonl of ``{"id", "image",
   "metadata"}``; the command writes ``{out}``, a jsonl of ``{"id", "detections": {class:
   [{"box": [x0, y0, x1, y1], "score", "color"?}]}}``; this harness applies the rules.

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ablate.eval.geneval import COCO_CLASSES, COLORS, DEFAULT_RULES, Rules, filter_detections
+from ablate.eval.scorers.geneval import COCO_CLASSES, COLORS, DEFAULT_RULES, Rules, filter_detections
 from ablate.registry import register
 
 COLOR_TEMPLATES = ("a photo of a {color} {cls}", "a photo of a {color}-colored {cls}",

@@ -2,7 +2,7 @@
 
 Keys: ``diversity/feature`` (target space, before decoding) and ``diversity/image`` (a
 feature module on decoded images; spec as for FID, default downsampled pixels). See
-``ablate.eval.diversity``.
+``ablate.eval.scorers.diversity``.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Literal
 
 import torch
 
-from ablate.eval.diversity import diversity
-from ablate.eval.fid import FIDSettings, build_feature_extractor
+from ablate.eval.scorers.diversity import diversity
+from ablate.eval.scorers.fid import FIDSettings, build_feature_extractor
 from ablate.eval.metrics import Metric
 from ablate.registry import register
 

@@ -5,7 +5,7 @@ One image per reference item, generated from that item's prompt with the stable 
 with (resolution, resize, feature extractor, subset) go to ``<out_dir>/fid/fid.json``.
 
 The feature extractor spec (``feature_extractor``) is that of
-``ablate.eval.fid.build_feature_extractor``: ``{name: inception, path: FILE}`` (default:
+``ablate.eval.scorers.fid.build_feature_extractor``: ``{name: inception, path: FILE}`` (default:
 clean-fid's Inception, which needs the local weights file offline), ``{name: clip, path:
 HUB_ID_OR_FOLDER}``, ``{name: pixels, size: 32}`` or ``{name: pkg.module.Class, ...}``.
 """
@@ -20,7 +20,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ablate.eval.fid import (
+from ablate.eval.scorers.fid import (
     FIDSettings,
     build_feature_extractor,
     extract_features,

@@ -5,7 +5,7 @@ shapes?". Same recipe as ``flow_matching`` (time sampling, interpolant, guidance
 inherited), only ``build_net`` returns a small diffusers ``UNet2DConditionModel`` that
 cross-attends to the query states. Chosen by dotted path, with no edit to the package:
 
-    python benchmarks/conditioning_check.py experiments/demo.yaml --cell vae+fm --modes label \\
+    python research/toy_diagnostics/conditioning_check.py experiments/demo.yaml --cell vae+fm --modes label \\
         --set objective.name=unet_flow_matching.UNetFlowMatching
 
 (the scripts in ``benchmarks/`` put this folder on ``sys.path``). The DiT size fields of the

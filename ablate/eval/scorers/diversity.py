@@ -8,7 +8,7 @@ in two spaces:
 - ``feature``: the objective's target space (``generator.features``, before decoding);
   exactly 0 for a deterministic head;
 - ``image``: a feature module on the decoded images (the FID pipeline of
-  ``ablate.eval.fid``; by default downsampled pixels). Note a stochastic decoder (the CLIP
+  ``ablate.eval.scorers.fid``; by default downsampled pixels). Note a stochastic decoder (the CLIP
   diffusion decoder) adds diversity here even after an MSE head.
 
 Seeds follow :func:`ablate.eval.sampling.sample_seed`, the rule every metric uses so that
@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ablate.eval.fid import FIDSettings, extract_features
+from ablate.eval.scorers.fid import FIDSettings, extract_features
 from ablate.eval.sampling import sample_seed
 
 

@@ -9,7 +9,7 @@ detector whether the scene's shapes and colours are still there (``ablate.toy.co
 - ``lowpass``: the feature grid averaged over ``level`` x ``level`` cells and upsampled back
   (bilinear): what a head that has the coarse layout right but not the fine detail gives.
 
-    python benchmarks/decoder_tolerance.py experiments/demo.yaml --cell vae+fm
+    python research/toy_diagnostics/decoder_tolerance.py experiments/demo.yaml --cell vae+fm
 
 Writes ``<out>/<cell>/decoder_tolerance.csv`` (one row per perturbation) and prints it.
 Figures only; nothing here asserts a target.

@@ -14,14 +14,14 @@ conditioning is whatever the frozen LM makes of the prompt with untrained querie
 makes it a fair test of a flow-matching head's learning speed, not of an MSE head's (there
 the queries are most of what trains).
 
-    python benchmarks/objective_only.py experiments/demo.yaml --cell vae+fm \\
+    python research/toy_diagnostics/objective_only.py experiments/demo.yaml --cell vae+fm \\
         --set train.max_steps=3000 --every 1000 [--out results/objective_only]
 
 ``recall/ratio`` (see ``conditioning_recall``; sampled with the objective's own steps and
 guidance) says whether the head uses its conditioning at all; with ``--pairs 16`` the run
 is the classic "can it overfit a handful of pairs?" check:
 
-    python benchmarks/objective_only.py experiments/demo.yaml --cell vae+fm --pairs 16 \\
+    python research/toy_diagnostics/objective_only.py experiments/demo.yaml --cell vae+fm --pairs 16 \\
         --no-metrics --set train.max_steps=2000 --every 500
 
 Figures only; nothing here asserts a target.

@@ -28,7 +28,7 @@ in ``<out>/<cell>/conditioning_check.csv``, the samples in
 weights (rows with ``weights: ema``, samples ``<mode>_ema_<step>.png``), as DiT-style
 trainings sample from.
 
-    python benchmarks/conditioning_check.py experiments/demo.yaml --cell vae+fm --steps 1000
+    python research/toy_diagnostics/conditioning_check.py experiments/demo.yaml --cell vae+fm --steps 1000
 
 Figures only; nothing here asserts a target.
 """

@@ -1,4 +1,4 @@
-"""The diagnostic scripts in benchmarks/ run on a shrunk study (figures only, no targets)."""
+"""The toy-study diagnostics in research/toy_diagnostics/ run on a shrunk study (figures only, no targets)."""
 
 import runpy
 import sys
@@ -28,7 +28,7 @@ def test_objective_only_trains_the_head_and_logs_the_run_metrics(tiny_models, ti
     out = tmp_path / "objective_only"
     monkeypatch.setattr(sys, "argv", ["objective_only.py", str(study), "--cell", "vae+fm", "--pairs", "6",
                                       "--every", "2", "--out", str(out), "--set", "train.max_steps=3"])
-    runpy.run_path(str(ROOT / "benchmarks" / "objective_only.py"), run_name="__main__")
+    runpy.run_path(str(ROOT / "research" / "toy_diagnostics" / "objective_only.py"), run_name="__main__")
     assert "cached 6 pairs" in capsys.readouterr().out
     rows = pd.read_csv(out / "vae+fm" / "metrics.csv")
     assert rows["step"].tolist() == [2, 3]  # every 2 steps and at the last one
@@ -54,7 +54,7 @@ class _Sampler:
 
 
 def test_conditioning_recall_is_0_for_a_memoriser_and_1_for_a_model_that_ignores_its_condition():
-    recall = runpy.run_path(str(ROOT / "benchmarks" / "objective_only.py"))["conditioning_recall"]
+    recall = runpy.run_path(str(ROOT / "research" / "toy_diagnostics" / "objective_only.py"))["conditioning_recall"]
     torch.manual_seed(0)
     targets = torch.randn(6, 4, 2, 2)
     conds = torch.arange(6.0)[:, None, None].expand(6, 3, 5)  # row i identifies pair i
@@ -67,7 +67,7 @@ def test_conditioning_recall_is_0_for_a_memoriser_and_1_for_a_model_that_ignores
 
 
 def _conditioning_check():
-    return runpy.run_path(str(ROOT / "benchmarks" / "conditioning_check.py"))
+    return runpy.run_path(str(ROOT / "research" / "toy_diagnostics" / "conditioning_check.py"))
 
 
 def test_conditioning_check_judges_ground_truth_renders_right_and_wrong_labels_wrong():
@@ -118,7 +118,7 @@ def test_conditioning_check_runs_every_mode_on_a_shrunk_study(tiny_models, tiny_
     out = tmp_path / "conditioning_check"
     monkeypatch.setattr(sys, "argv", ["conditioning_check.py", str(study), "--cell", "vae+fm", "--pairs", "6",
                                       "--steps", "2", "--every", "2", "--captions", "mixed", "--centre", "--out", str(out)])
-    runpy.run_path(str(ROOT / "benchmarks" / "conditioning_check.py"), run_name="__main__")
+    runpy.run_path(str(ROOT / "research" / "toy_diagnostics" / "conditioning_check.py"), run_name="__main__")
     assert "6 single-object pairs (mixed captions, centred)" in capsys.readouterr().out
     rows = pd.read_csv(out / "vae+fm" / "conditioning_check.csv")
     assert rows["mode"].tolist() == ["label", "lm", "lm-std"] and (rows["step"] == 2).all()
@@ -136,7 +136,7 @@ def test_unet_flow_matching_plugin_loads_by_dotted_path_and_fits_a_batch(monkeyp
     from ablate.objectives.flow_matching import FlowMatching
     from ablate.registry import get_registry
 
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    monkeypatch.syspath_prepend(str(ROOT / "research" / "toy_diagnostics"))
     objectives = get_registry("objective")
     cls = objectives.get("unet_flow_matching.UNetFlowMatching")
     assert issubclass(cls, FlowMatching) and "unet_flow_matching.UNetFlowMatching" not in objectives.names()
@@ -163,7 +163,7 @@ def test_conditioning_check_samples_an_ema_of_the_head(tiny_models, tiny_shards,
     monkeypatch.setattr(sys, "argv", ["conditioning_check.py", str(study), "--cell", "vae+fm", "--pairs", "6",
                                       "--modes", "label", "--steps", "2", "--every", "2", "--ema", "0.9",
                                       "--out", str(out)])
-    runpy.run_path(str(ROOT / "benchmarks" / "conditioning_check.py"), run_name="__main__")
+    runpy.run_path(str(ROOT / "research" / "toy_diagnostics" / "conditioning_check.py"), run_name="__main__")
     rows = pd.read_csv(out / "vae+fm" / "conditioning_check.csv")
     assert rows["weights"].tolist() == ["raw", "ema"] and (rows["mode"] == "label").all()
     assert sorted(p.name for p in (out / "vae+fm" / "samples").iterdir()) == [
@@ -175,7 +175,7 @@ def test_conditioning_check_samples_an_ema_of_the_head(tiny_models, tiny_shards,
 
 
 def test_decoder_tolerance_perturbations():
-    perturb = runpy.run_path(str(ROOT / "benchmarks" / "decoder_tolerance.py"))["perturb"]
+    perturb = runpy.run_path(str(ROOT / "research" / "toy_diagnostics" / "decoder_tolerance.py"))["perturb"]
     torch.manual_seed(0)
     feats = torch.randn(3, 4, 8, 8)
     assert torch.equal(perturb(feats, "noise", 0.0, seed=0), feats)
@@ -198,7 +198,7 @@ def test_decoder_tolerance_runs_on_a_shrunk_study(tiny_models, tiny_shards, tmp_
     out = tmp_path / "decoder_tolerance"
     monkeypatch.setattr(sys, "argv", ["decoder_tolerance.py", str(study), "--cell", "vae+fm", "--images", "4",
                                       "--noise", "0,0.5", "--lowpass", "2", "--out", str(out)])
-    runpy.run_path(str(ROOT / "benchmarks" / "decoder_tolerance.py"), run_name="__main__")
+    runpy.run_path(str(ROOT / "research" / "toy_diagnostics" / "decoder_tolerance.py"), run_name="__main__")
     rows = pd.read_csv(out / "vae+fm" / "decoder_tolerance.csv")
     assert list(zip(rows["perturbation"], rows["level"])) == [("noise", 0.0), ("noise", 0.5), ("lowpass", 2.0)]
     assert rows[["shapes", "colors", "exact"]].apply(lambda c: c.between(0, 1)).all().all()
