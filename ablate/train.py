@@ -252,7 +252,8 @@ def fit(run: RunConfig, resume: bool = False, overwrite: bool = False,
     """Train one run; return its results folder. ``resume`` continues from the newest
     readable checkpoint."""
     run_dir = run.run_dir
-    check_local_models(run, f"run {run.name}")  # before anything loads
+    check_local_models(run, f"run {run.name}")  # before anything loads: models, then data
+    get_registry("dataset").build(run.data.train, where="data.train").units()
     if last_checkpoint(run_dir) and not resume:
         if not overwrite:
             raise FileExistsError(f"{run_dir} already holds checkpoints: pass --resume to continue "
