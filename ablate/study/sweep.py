@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import logging
 import math
+import random
+import time
 import warnings
 
 import lightning as L
@@ -163,17 +165,30 @@ def storage_url(study: Study, storage: str | None = None) -> str:
     return storage or f"sqlite:///{(study.study_dir / 'optuna.db').resolve()}"
 
 
+def _storage(url: str, sweep, attempts: int = 5) -> optuna.storages.RDBStorage:
+    """optuna's RDB storage. Workers started together on a new database race to create its
+    tables (one gets a unique-constraint error); the loser retries and finds them made."""
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():  # heartbeats are flagged experimental; they are the point
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url, heartbeat_interval=sweep.heartbeat_interval, grace_period=sweep.grace_period,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryFailedTrialCallback(sweep.max_retry))
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 + random.random())
+
+
 def open_study(study: Study, storage: str | None = None) -> optuna.Study:
     sweep = study.sweep
     if sweep is None:
         raise ConfigError(f"{study.source}: no sweep: section (metric, direction, params)")
     study.study_dir.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():  # heartbeats are flagged experimental; they are the point
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        rdb = optuna.storages.RDBStorage(
-            storage_url(study, storage), heartbeat_interval=sweep.heartbeat_interval,
-            grace_period=sweep.grace_period,
-            heartbeat_stale_trial_callback=optuna.storages.RetryFailedTrialCallback(sweep.max_retry))
+    rdb = _storage(storage_url(study, storage), sweep)
     return optuna.create_study(
         storage=rdb, study_name=study.name, direction=sweep.direction, load_if_exists=True,
         sampler=build_sampler(sweep, study.distributions, study.source),
