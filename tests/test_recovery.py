@@ -73,6 +73,20 @@ def test_skip_batch_counts_skipped_updates_and_finishes(tiny_models, tiny_shards
         fit(parse_run({**spec, "train": {**spec["train"], "on_nonfinite": "stop"}}), overwrite=True)
 
 
+# ---- 3. data that yields nothing ------------------------------------------------------------
+
+
+def test_all_corrupt_data_fails_the_run_instead_of_finishing(tiny_models, tmp_path):
+    from test_bad_inputs import CORRUPT_TAR
+
+    (tmp_path / "bad.tar").write_bytes(CORRUPT_TAR)
+    spec = tiny_run_spec(tiny_models, str(tmp_path / "bad.tar"), tmp_path, "vae", "mse", max_steps=2)
+    with pytest.raises(Exception, match=r"no readable samples in .*bad.tar after 5 attempts"):
+        fit(parse_run(spec))
+    status = read_status(tmp_path / "test" / "vae-mse")
+    assert status["state"] == "failed" and "corrupt image (UnidentifiedImageError)': 5" in status["error"]
+
+
 # ---- 2. resume keeps the evaluation at the resume step -----------------------------------
 
 

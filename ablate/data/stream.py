@@ -64,7 +64,7 @@ class ImageCaptionStream(IterableDataset):
 
     def _no_samples(self, units, attempts: int, reasons: Counter) -> NoReadableSamples:
         shown = ", ".join(str(u) for u in units[:3]) + (f" (+{len(units) - 3} more)" if len(units) > 3 else "")
-        counts = dict(reasons) or {"no records": attempts}
+        counts = dict(reasons) if reasons else "they hold no records at all"
         return NoReadableSamples(f"no readable samples in {shown} after {attempts} attempts: {counts}")
 
     def _records(self, reader: int, readers: int, rng: random.Random):
