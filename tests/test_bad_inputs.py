@@ -213,3 +213,12 @@ def test_bad_input_is_named(action, words, tmp_path, capsys):
 
 def test_table_is_large_enough():
     assert len(CASES) >= 30
+
+
+def test_yaml_merge_keys_may_override_what_they_merge(tmp_path):
+    """``<<: *anchor`` then a key of the anchor is an override, not a duplicate."""
+    path = tmp_path / "run.yaml"
+    path.write_text("x: &dit {depth: 2, dim: 8}\nobjective: {<<: *dit, depth: 3, name: flow_matching}\n")
+    from ablate.config import load_yaml
+
+    assert load_yaml(path)["objective"] == {"depth": 3, "dim": 8, "name": "flow_matching"}

@@ -22,8 +22,14 @@ def readable_checkpoint(path: str) -> str:
 def _eval(args) -> None:
     from ablate.eval.runner import evaluate_checkpoint
 
+    from pathlib import Path
+
+    from ablate.train import writable_dir
+
     names = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
-    values = evaluate_checkpoint(readable_checkpoint(args.checkpoint), names, args.set, args.device)
+    checkpoint = readable_checkpoint(args.checkpoint)
+    writable_dir(Path(checkpoint).parent.parent, "run folder (metrics.csv gets a row)")
+    values = evaluate_checkpoint(checkpoint, names, args.set, args.device)
     for key, value in sorted(values.items()):
         print(f"{key:<40} {value:.4f}")
 
