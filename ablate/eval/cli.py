@@ -20,10 +20,9 @@ def readable_checkpoint(path: str) -> str:
 
 
 def _eval(args) -> None:
-    from ablate.eval.runner import evaluate_checkpoint
-
     from pathlib import Path
 
+    from ablate.eval.runner import evaluate_checkpoint
     from ablate.train import writable_dir
 
     names = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
