@@ -83,7 +83,10 @@ def resume_checkpoint(run_dir: str | Path, set_aside: bool = True) -> tuple[Path
         except UnreadableCheckpoint as err:
             skipped.append(str(err))
             if set_aside:
-                path.rename(path.with_name(path.name + ".unreadable"))
+                try:
+                    path.rename(path.with_name(path.name + ".unreadable"))
+                except OSError:  # another rank of the same run moved it first
+                    pass
             continue
         if skipped:
             log.warning("%s; resuming from %s (step %d) instead", "; ".join(skipped), path.name, step)

@@ -264,6 +264,7 @@ def check_trials(ostudy: optuna.Study, results: Path, trials: int) -> None:
     assert len(trained) == trials  # no run beyond N was started
 
 
+@pytest.mark.slow
 def test_two_sqlite_workers_make_exactly_n_trials(tiny_models, tiny_shards, tmp_path):
     path = write_spec(sweep_spec(tiny_models, tiny_shards, tmp_path), tmp_path / "sweep.yaml")
     run_workers(path, 3)
@@ -311,6 +312,7 @@ def _postgres(tmp: Path):
                                         capture_output=True)
 
 
+@pytest.mark.slow
 def test_two_postgres_workers_make_exactly_n_trials(tiny_models, tiny_shards, tmp_path):
     tmp = Path(tempfile.mkdtemp(prefix="ablate-pg-"))  # outside pytest's 0700 folders
     os.chmod(tmp, 0o755)
