@@ -165,6 +165,10 @@ CASES = [
      ["--trials -3", ">= 1"]),  # new
     ("sweep --trials 0", cli("sweep", "{tmp}/s.yaml", "--trials", "0", files={"s.yaml": SWEEP_STUDY}),
      ["--trials 0", ">= 1"]),  # new
+    ("sweep storage unreachable",
+     cli("sweep", "{tmp}/s.yaml", "--trials", "1", "--storage", "postgresql://nobody@127.0.0.1:1/x",
+         files={"s.yaml": lambda t: {**SWEEP_STUDY, "base": {**SWEEP_STUDY["base"], "results_dir": str(t)}}}),
+     ["--storage postgresql://nobody@127.0.0.1:1/x: cannot open the database", "127.0.0.1"]),  # new
     ("eval on an empty checkpoint", cli("eval", "{tmp}/e.ckpt", files={"e.ckpt": b""}),
      ["e.ckpt: not a readable checkpoint (empty file)"]),  # new
     ("eval on a garbage checkpoint", cli("eval", "{tmp}/g.ckpt", files={"g.ckpt": b"\x00garbage" * 99}),

@@ -177,9 +177,13 @@ def _storage(url: str, sweep, attempts: int = 5) -> optuna.storages.RDBStorage:
                 return optuna.storages.RDBStorage(
                     url, heartbeat_interval=sweep.heartbeat_interval, grace_period=sweep.grace_period,
                     heartbeat_stale_trial_callback=optuna.storages.RetryFailedTrialCallback(sweep.max_retry))
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
+        except ModuleNotFoundError as err:  # e.g. psycopg for postgresql://
+            raise ConfigError(f"--storage {url}: its database driver {err.name!r} is not installed "
+                              "(for PostgreSQL: pip install 'ablate[postgres]')") from None
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as err:
             if attempt == attempts - 1:
-                raise
+                reason = str(err.orig if hasattr(err, "orig") else err).strip().splitlines()[0]
+                raise ConfigError(f"--storage {url}: cannot open the database: {reason}") from None
             time.sleep(0.5 + random.random())
 
 
