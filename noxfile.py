@@ -11,7 +11,7 @@ TEST_ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 @nox.session
 def tests(session: nox.Session) -> None:
     """The whole test suite on CPU, offline."""
-    session.install("-e", ".[test]")
+    session.install("-e", ".[test,postgres]")  # postgres: the sweep test on a local server
     session.run("pytest", "-q", *session.posargs, env=TEST_ENV)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -28,6 +29,30 @@ class ConfigError(ValueError):
 # --------------------------------------------------------------------------------------
 # Generic dict -> dataclass validation
 # --------------------------------------------------------------------------------------
+
+
+def limits(low: float | None = None, high: float | None = None, *, above: float | None = None,
+           also: tuple = ()) -> dict:
+    """Field metadata declaring a field's valid values, checked by ``from_dict``:
+    ``field(default=16, metadata=limits(1))`` means ``value >= 1``; ``above``: strictly
+    greater; ``also``: values allowed besides the range (``-1`` for "all", say)."""
+    return {"limits": (low, high, above, tuple(also))}
+
+
+def _check_limits(f: dataclasses.Field, value: Any, key: str) -> None:
+    if "limits" not in f.metadata or value is None or isinstance(value, bool):
+        return
+    low, high, above, also = f.metadata["limits"]
+    if value in also or ((low is None or value >= low) and (high is None or value <= high)
+                         and (above is None or value > above)):
+        return
+    kind = "an integer" if isinstance(value, int) else "a number"
+    bounds = [f">= {low}" if low is not None else "", f"> {above}" if above is not None else "",
+              f"<= {high}" if high is not None else ""]
+    valid = f"{kind} {' and '.join(b for b in bounds if b)}"
+    if also:
+        valid = f"{' or '.join(map(repr, also))} or {valid}"
+    raise ConfigError(f"{key}: {value!r} is not valid; expected {valid}")
 
 
 def _suggest(word: str, choices) -> str:
@@ -92,6 +117,8 @@ def _coerce(tp, value, key: str):
             return float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # .nan / .inf in YAML: never a usable setting
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -127,6 +154,7 @@ def from_dict(schema: type, data: Any, where: str = "") -> Any:
     for name, f in fields.items():
         if name in data:
             kwargs[name] = _coerce(hints[name], data[name], prefix + name)
+            _check_limits(f, kwargs[name], prefix + name)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{prefix}{name}: required key is missing")
     try:
@@ -185,12 +213,30 @@ def apply_overrides(data: dict, overrides) -> dict:
     return data
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys; in a spec that silently drops a cell."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise ConfigError(f"line {key_node.start_mark.line + 1}: duplicate key {key!r} "
+                                  f"(first on line {seen[key] + 1}); each key may appear once")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
 def load_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
@@ -211,10 +257,10 @@ class BackboneConfig:
 
     model: str = "meta-llama/Llama-3.2-1B-Instruct"  # hub id or local folder
     tokenizer: str | None = None  # defaults to ``model``
-    num_queries: int | None = None  # None: derived from the target's token count
+    num_queries: int | None = field(default=None, metadata=limits(1))  # None: from the target's tokens
     prompt_template: str = PROMPT_TEMPLATE
     use_chat_template: bool = True
-    max_prompt_tokens: int = 256
+    max_prompt_tokens: int = field(default=256, metadata=limits(1))
     reuse_prompt_cache: bool = True  # run the prompt once without grad, reuse its KV cache
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
@@ -224,48 +270,53 @@ class DataConfig:
     """Where image-caption pairs come from (a ``dataset`` plugin and its arguments)."""
 
     train: dict = field(default_factory=lambda: {"name": "webdataset", "urls": "data/train-{000000..000009}.tar"})
-    batch_size: int = 16
-    num_workers: int = 2
-    shuffle_buffer: int = 1000  # samples held for shuffling (units are shuffled per epoch too)
+    batch_size: int = field(default=16, metadata=limits(1))
+    num_workers: int = field(default=2, metadata=limits(0))
+    # samples held for shuffling (units are shuffled per epoch too)
+    shuffle_buffer: int = field(default=1000, metadata=limits(1))
 
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 1000
-    lr: float = 1e-4
-    min_lr: float = 1e-5
-    warmup_steps: int = 0
-    warmup_ratio: float = 0.003
-    weight_decay: float = 0.0
+    max_steps: int = field(default=1000, metadata=limits(1))
+    lr: float = field(default=1e-4, metadata=limits(above=0))
+    min_lr: float = field(default=1e-5, metadata=limits(0))
+    warmup_steps: int = field(default=0, metadata=limits(0))
+    warmup_ratio: float = field(default=0.003, metadata=limits(0, 1))
+    weight_decay: float = field(default=0.0, metadata=limits(0))
     betas: tuple[float, float] = (0.9, 0.999)
-    grad_clip: float = 1.0
+    grad_clip: float = field(default=1.0, metadata=limits(0))  # 0: no clipping
     precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = "auto"
     gradient_checkpointing: bool = False
     accelerator: str = "auto"
     devices: Any = "auto"
-    num_nodes: int = 1
+    num_nodes: int = field(default=1, metadata=limits(1))
     strategy: str = "auto"
-    accumulate_grad_batches: int = 1
-    log_every_n_steps: int = 10
-    checkpoint_every_n_steps: int = 500
-    keep_checkpoints: int = 2
+    accumulate_grad_batches: int = field(default=1, metadata=limits(1))
+    log_every_n_steps: int = field(default=10, metadata=limits(1))
+    checkpoint_every_n_steps: int = field(default=500, metadata=limits(1))
+    keep_checkpoints: int = field(default=2, metadata=limits(0, also=(-1,)))  # -1: keep all
     logger: Literal["csv", "tensorboard", "wandb", "none"] = "csv"
     progress_bar: bool = True
     compile: bool = False
+    # A non-finite loss or gradient: stop the run (failed, naming the step) or skip that
+    # batch's update (counted in status.json's ``skipped``, like unreadable samples).
+    on_nonfinite: Literal["stop", "skip_batch"] = "stop"
 
 
 @dataclass
 class EvalConfig:
     """What to measure, on what and how often (``ablate.eval.callback.EvalCallback``)."""
 
-    every_n_steps: int = 0  # 0: never during training
+    every_n_steps: int = field(default=0, metadata=limits(0))  # 0: never during training
     at_start: bool = True  # measure the untrained model too (step 0 of every curve)
     at_end: bool = True
     metrics: list[dict] = field(default_factory=list)  # metric plugins: {name: geneval, ...}
-    sample_steps: int | None = None  # None: the objective's default (paper: 30 Euler steps)
-    guidance: float | None = None  # None: the objective's default (paper: 3.0)
+    # None: the objective's default (paper: 30 Euler steps)
+    sample_steps: int | None = field(default=None, metadata=limits(1))
+    guidance: float | None = field(default=None, metadata=limits(0))  # None: the objective's (3.0)
     sampler: str | None = None
-    batch_size: int = 16
+    batch_size: int = field(default=16, metadata=limits(1))
     sample_prompts: list[str] = field(default_factory=lambda: [
         "a red apple on a wooden table", "a photo of two cats", "a blue car left of a tree",
         "a white teapot"])
@@ -276,7 +327,7 @@ class EvalConfig:
 class RunConfig:
     name: str = "run"
     study: str = "default"
-    seed: int = 0
+    seed: int = field(default=0, metadata=limits(0, 2**32 - 1))  # numpy's seed range
     results_dir: str = "results"
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     encoder: dict = field(default_factory=lambda: {"name": "clip"})
@@ -327,3 +378,23 @@ def load_run(path: str | Path, overrides=()) -> RunConfig:
     data = load_yaml(path)
     data.pop("provenance", None)
     return parse_run(apply_overrides(data, overrides), str(path))
+
+
+MODEL_KEYS = ("model", "tokenizer", "decoder")  # values: a hub id ('org/name') or a local folder
+
+
+def _looks_local(value: str) -> bool:
+    return value.startswith(("/", "./", "../", "~")) or value.count("/") > 1 or "\\" in value
+
+
+def check_local_models(run: RunConfig, source: str = "<spec>") -> None:
+    """A local model folder named in the spec must exist. (Checked when a run starts, not at
+    parse time, so specs stay checkable on machines without the weights; transformers would
+    otherwise report a missing folder as a malformed hub id.)"""
+    for section in ("backbone", "encoder", "objective"):
+        spec = to_dict(getattr(run, section))
+        for key in MODEL_KEYS:
+            value = spec.get(key)
+            if isinstance(value, str) and _looks_local(value) and not Path(value).expanduser().exists():
+                raise ConfigError(f"{source}: {section}.{key}: {value!r}: no such folder (a local "
+                                  "model must exist; a hub id has the form 'org/name')")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import os
 import shutil
 import traceback
@@ -22,10 +23,11 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
-from ablate.config import RunConfig
+from ablate.checkpoints import AtomicCheckpointIO, checkpoint_files, resume_checkpoint
+from ablate.config import ConfigError, RunConfig, check_local_models
 from ablate.data.stream import ImageCaptionStream, make_loader
 from ablate.module import AblationModule
-from ablate.provenance import write_run_config
+from ablate.provenance import spec_fingerprint, write_run_config
 from ablate.registry import get_registry
 
 log = logging.getLogger("ablate")
@@ -39,7 +41,8 @@ for _msg in ("Experiment logs directory", "Checkpoint directory .* exists and is
 
 class RunCSVLogger(CSVLogger):
     """Lightning's CSV logger writing ``<run_dir>/metrics.csv``. On resume it keeps the
-    rows logged before the resumed step (the stock logger deletes the file)."""
+    rows logged before the resumed step, and the evaluation rows at that step (evaluation
+    runs before the step's checkpoint is written); the stock logger deletes the file."""
 
     def __init__(self, run_dir: Path, resume_step: int | None = None):
         super().__init__(save_dir=str(run_dir.parent), name=run_dir.name, version="")
@@ -55,7 +58,7 @@ class RunCSVLogger(CSVLogger):
             with path.open(newline="") as f:
                 reader = csv.DictReader(f)
                 header = list(reader.fieldnames or [])
-                kept = [r for r in reader if r.get("step") and int(float(r["step"])) < self._resume_step]
+                kept = [r for r in reader if r.get("step") and self._keep(r)]
         exp = super().experiment  # removes an old metrics.csv
         if header:
             exp.metrics_keys = sorted(header)
@@ -64,6 +67,70 @@ class RunCSVLogger(CSVLogger):
                 writer.writeheader()
                 writer.writerows(kept)
         return exp
+
+    def _keep(self, row: dict) -> bool:
+        step = int(float(row["step"]))
+        trained = any(v for k, v in row.items() if k.startswith("train/"))
+        return step < self._resume_step or (step == self._resume_step and not trained)
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss or the gradient norm became inf / NaN: the run diverged."""
+
+
+class NonFiniteGuard(L.Callback):
+    """Checks the gradient norm before every optimizer step (a NaN / inf loss makes it
+    non-finite too), so diverged weights are never stepped into, logged or checkpointed.
+    ``stop``: raise ``NonFiniteLoss`` naming the step; ``skip_batch``: drop that update and
+    count it in ``skipped``. Also warns once when the loss grows 10^4-fold (divergence
+    under way, e.g. a learning rate far too high)."""
+
+    SKIPPED = "non-finite loss or gradient"
+
+    def __init__(self, mode: str, lr: float):
+        self.mode, self.lr = mode, lr
+        self.first_loss: float | None = None
+        self.warned = False
+
+    def on_before_optimizer_step(self, trainer, module, optimizer) -> None:
+        if trainer.precision == "16-mixed":
+            return  # fp16's grad scaler skips overflowing steps itself, by design
+        grads = [p.grad.detach().float().norm() for g in optimizer.param_groups for p in g["params"]
+                 if p.grad is not None]
+        if not grads:
+            return
+        norm = torch.stack(grads).norm()
+        if torch.isfinite(norm):
+            return
+        step = trainer.global_step
+        if self.mode == "stop":
+            raise NonFiniteLoss(f"step {step}: the gradient norm is {norm.item()} (non-finite loss or "
+                                f"gradient, train.lr={self.lr:g}): the run diverged; the last checkpoint "
+                                "holds the weights before it. Lower train.lr or set "
+                                "train.on_nonfinite: skip_batch")
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                p.grad = None  # AdamW leaves parameters without a gradient untouched
+        module.skipped[self.SKIPPED] += 1
+        log.warning("step %d: non-finite gradient norm; batch skipped (train.on_nonfinite: skip_batch)", step)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is None:
+            return
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            if self.mode == "stop":
+                raise NonFiniteLoss(f"step {trainer.global_step - 1}: train/loss is {value} "
+                                    f"(train.lr={self.lr:g}): the run diverged")
+            return
+        if self.first_loss is None:
+            self.first_loss = abs(value) or 1e-12
+        elif not self.warned and abs(value) > 1e4 * self.first_loss:
+            self.warned = True
+            log.warning("step %d: train/loss %.3g is %.0e times its first value %.3g: diverging? "
+                        "(train.lr=%g)", trainer.global_step - 1, value, value / self.first_loss,
+                        self.first_loss, self.lr)
 
 
 def resolve_precision(precision: str) -> str:
@@ -96,26 +163,62 @@ def build_train_loader(run: RunConfig, resolution: int, skip_batches: int = 0):
 
 
 def write_status(run_dir: Path, **fields) -> None:
-    path = run_dir / "status.json"
-    old = json.loads(path.read_text()) if path.is_file() else {}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({**old, **fields}, indent=2))
-    os.replace(tmp, path)
+    """Update status.json through a temporary file and a rename (never half written)."""
+    path = Path(run_dir) / "status.json"
+    tmp = path.with_name(f".status.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps({**read_status(run_dir), **fields}, indent=2))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def record_failure(run_dir: Path, **fields) -> None:
+    """``write_status(state=failed)`` that never masks the error being reported."""
+    try:
+        write_status(run_dir, state="failed", **fields)
+    except OSError as err:  # e.g. the full disk that failed the run
+        log.error("%s: could not record the failure in status.json: %s", run_dir, err)
 
 
 def read_status(run_dir: Path) -> dict:
+    """status.json, or {} when absent; an unreadable one is reported and read as {}."""
     path = Path(run_dir) / "status.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        status = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        log.warning("%s: unreadable (%s); treated as unknown", path, err)
+        return {}
+    return status if isinstance(status, dict) else {}
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:
-    path = Path(run_dir) / "checkpoints" / "last.ckpt"
-    return path if path.is_file() else None
+    """The run's newest checkpoint file, readable or not (see ``resume_checkpoint``)."""
+    files = checkpoint_files(run_dir)
+    return files[0] if files else None
+
+
+def writable_dir(path: Path, what: str = "results folder") -> Path:
+    """Create ``path``; a read-only or impossible place is a ConfigError naming it."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test.{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot write the {what} here ({err.strerror or err}); fix its "
+                          "permissions or choose another results_dir") from None
+    return path
 
 
 def make_callbacks(run: RunConfig, run_dir: Path) -> list:
     t = run.train
     callbacks = [
+        NonFiniteGuard(t.on_nonfinite, t.lr),
         ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step:07d}",
                         auto_insert_metric_name=False, every_n_train_steps=t.checkpoint_every_n_steps,
                         save_top_k=t.keep_checkpoints, monitor="step", mode="max", save_last=True),
@@ -146,23 +249,24 @@ def make_strategy(strategy: str, module):
 
 def fit(run: RunConfig, resume: bool = False, overwrite: bool = False,
         extra_callbacks: tuple = ()) -> Path:
-    """Train one run; return its results folder. ``resume`` continues from last.ckpt."""
+    """Train one run; return its results folder. ``resume`` continues from the newest
+    readable checkpoint."""
     run_dir = run.run_dir
-    ckpt = last_checkpoint(run_dir)
-    if ckpt and not resume:
+    check_local_models(run, f"run {run.name}")  # before anything loads: models, then data
+    get_registry("dataset").build(run.data.train, where="data.train").units()
+    if last_checkpoint(run_dir) and not resume:
         if not overwrite:
             raise FileExistsError(f"{run_dir} already holds checkpoints: pass --resume to continue "
                                   "it or --overwrite to start again")
         shutil.rmtree(run_dir)
-        ckpt = None
+    writable_dir(run_dir, "run folder")
+    found = resume_checkpoint(run_dir) if resume else None
+    ckpt, resume_step = found if found else (None, None)
     if resume and ckpt is None:
         log.info("no checkpoint in %s: starting from step 0", run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    resume_step = None
-    if ckpt is not None:
-        resume_step = torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
     write_run_config(run, run_dir / "config.yaml", {"resumed_from_step": resume_step})
-    write_status(run_dir, state="running", error=None)
+    write_status(run_dir, state="running", error=None, **spec_fingerprint(run))
+    module = None
     try:
         L.seed_everything(run.seed, workers=True, verbose=False)
         if torch.cuda.is_available():
@@ -177,7 +281,7 @@ def fit(run: RunConfig, resume: bool = False, overwrite: bool = False,
         trainer = L.Trainer(
             max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices,
             num_nodes=t.num_nodes, strategy=make_strategy(t.strategy, module),
-            precision=resolve_precision(t.precision),
+            precision=resolve_precision(t.precision), plugins=[AtomicCheckpointIO()],
             gradient_clip_val=t.grad_clip or None, accumulate_grad_batches=t.accumulate_grad_batches,
             logger=make_logger(run, run_dir, resume_step), log_every_n_steps=t.log_every_n_steps,
             callbacks=make_callbacks(run, run_dir) + list(extra_callbacks),
@@ -186,12 +290,14 @@ def fit(run: RunConfig, resume: bool = False, overwrite: bool = False,
             deterministic=False)
         trainer.fit(module, train_dataloaders=loader, ckpt_path=str(ckpt) if ckpt else None)
     except BaseException as exn:
-        write_status(run_dir, state="failed", error=f"{type(exn).__name__}: {exn}",
-                     traceback=traceback.format_exc())
+        skipped = dict(module.skipped) if module is not None else {}
+        record_failure(run_dir, error=f"{type(exn).__name__}: {exn}", skipped=skipped,
+                       traceback=traceback.format_exc())
         raise
     skipped = dict(module.skipped)
     if skipped:
-        log.warning("%s: skipped %d unreadable samples: %s", run.name, sum(skipped.values()), skipped)
+        log.warning("%s: skipped %d unreadable samples or batches: %s", run.name,
+                    sum(skipped.values()), skipped)
     write_status(run_dir, state="finished", step=trainer.global_step, skipped=skipped,
                  wall_time=module.wall_time())
     return run_dir

@@ -5,7 +5,9 @@
 - Each record is decoded, resized (shorter side, bicubic) and centre-cropped to the
   encoder's resolution, scaled to [-1, 1]. Unreadable records become ``{"error": ...}``
   items that the collate function drops and counts, so a bad image never stops training.
-- The stream is endless (epochs follow each other); training length is ``max_steps``.
+- The stream is endless (epochs follow each other); training length is ``max_steps``. Data
+  that yields nothing usable (no records at all, or a whole epoch of unreadable ones) raises
+  ``NoReadableSamples`` instead of looping forever or training on nothing.
 - Exact resume: every worker's stream is deterministic and the loader takes batches from
   workers in turn, so skipping ``k`` batches means each worker drops its share of them
   (without decoding) and the workers' roles rotate by ``k``.
@@ -44,6 +46,10 @@ def _rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
+class NoReadableSamples(RuntimeError):
+    """The data holds no usable sample: training would hang or learn nothing."""
+
+
 class ImageCaptionStream(IterableDataset):
     def __init__(self, source, resolution: int, batch_size: int, seed: int = 0,
                  shuffle_buffer: int = 256, skip_batches: int = 0):
@@ -54,6 +60,12 @@ class ImageCaptionStream(IterableDataset):
         self.seed = seed
         self.shuffle_buffer = shuffle_buffer
         self.skip_batches = skip_batches
+        self.epoch_records: int | None = None  # records in one pass over this reader's units
+
+    def _no_samples(self, units, attempts: int, reasons: Counter) -> NoReadableSamples:
+        shown = ", ".join(str(u) for u in units[:3]) + (f" (+{len(units) - 3} more)" if len(units) > 3 else "")
+        counts = dict(reasons) if reasons else "they hold no records at all"
+        return NoReadableSamples(f"no readable samples in {shown} after {attempts} attempts: {counts}")
 
     def _records(self, reader: int, readers: int, rng: random.Random):
         epoch = 0
@@ -70,6 +82,10 @@ class ImageCaptionStream(IterableDataset):
                     if not deal or index % readers == reader:
                         yield record
                     index += 1
+            if index == 0:  # an empty tar, an empty folder: every epoch would be empty too
+                raise self._no_samples(mine, 0, Counter())
+            if self.epoch_records is None:
+                self.epoch_records = index if not deal else -(-index // readers)
             epoch += 1
 
     def _shuffled(self, records, rng: random.Random):
@@ -102,10 +118,19 @@ class ImageCaptionStream(IterableDataset):
         rank, world = _rank_and_world()
         reader, readers = rank * workers + worker, world * workers
         rng = random.Random(f"{self.seed}-{reader}")
+        good, bad = 0, Counter()
         for i, record in enumerate(self._shuffled(self._records(reader, readers, rng), rng)):
             if i < own_skip:
                 continue
-            yield self._sample(record)
+            sample = self._sample(record)
+            if "error" in sample:
+                bad[sample["error"]] += 1
+                # A whole epoch's worth of records and not one readable: stop, saying why.
+                if not good and self.epoch_records and sum(bad.values()) >= self.epoch_records:
+                    raise self._no_samples(self.units, sum(bad.values()), bad)
+            else:
+                good += 1
+            yield sample
 
 
 def collate(items: list[dict]) -> dict:

@@ -7,6 +7,7 @@ logged (``time/eval/<name>``) so the overhead of measuring is visible.
 
 from __future__ import annotations
 
+import csv
 import logging
 import time
 import traceback
@@ -66,6 +67,15 @@ def run_metrics(module, run: RunConfig, step: int, run_dir: Path, metrics=None) 
     return values
 
 
+def logged_eval_steps(run_dir: Path) -> set[int]:
+    """Steps with an evaluation row (one with ``time/eval``) in the run's metrics.csv."""
+    path = Path(run_dir) / "metrics.csv"
+    if not path.is_file():
+        return set()
+    with path.open(newline="") as f:
+        return {int(float(r["step"])) for r in csv.DictReader(f) if r.get("time/eval") and r.get("step")}
+
+
 class EvalCallback(L.Callback):
     def __init__(self, run: RunConfig, run_dir: Path):
         self.run = run
@@ -92,7 +102,12 @@ class EvalCallback(L.Callback):
             trainer.strategy.barrier("ablate-eval")
 
     def on_train_start(self, trainer, module) -> None:
-        if self.run.eval.at_start and trainer.global_step == 0:
+        step, n = trainer.global_step, self.run.eval.every_n_steps
+        if self.run.eval.at_start and step == 0:
+            self._evaluate(trainer, module)
+        elif step and n and step % n == 0 and step not in logged_eval_steps(self.run_dir):
+            # A resume at an eval step: that eval normally precedes the step's checkpoint, so
+            # it is in metrics.csv already (kept on resume); if it is not, measure it now.
             self._evaluate(trainer, module)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:

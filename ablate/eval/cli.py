@@ -3,11 +3,32 @@
 from __future__ import annotations
 
 
+def readable_checkpoint(path: str) -> str:
+    """The checkpoint file to use: a file must load; a run folder gives its newest readable
+    checkpoint. Broken files fail here with one line, before any model loads."""
+    from pathlib import Path
+
+    from ablate.checkpoints import read_checkpoint, resume_checkpoint
+
+    if Path(path).is_dir():
+        found = resume_checkpoint(path, set_aside=False)
+        if found is None:
+            raise FileNotFoundError(f"{path}: no readable checkpoint in {Path(path) / 'checkpoints'}")
+        return str(found[0])
+    read_checkpoint(path)
+    return path
+
+
 def _eval(args) -> None:
+    from pathlib import Path
+
     from ablate.eval.runner import evaluate_checkpoint
+    from ablate.train import writable_dir
 
     names = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
-    values = evaluate_checkpoint(args.checkpoint, names, args.set, args.device)
+    checkpoint = readable_checkpoint(args.checkpoint)
+    writable_dir(Path(checkpoint).parent.parent, "run folder (metrics.csv gets a row)")
+    values = evaluate_checkpoint(checkpoint, names, args.set, args.device)
     for key, value in sorted(values.items()):
         print(f"{key:<40} {value:.4f}")
 
@@ -15,7 +36,7 @@ def _eval(args) -> None:
 def _sample(args) -> None:
     from ablate.eval.runner import sample_checkpoint
 
-    out = sample_checkpoint(args.checkpoint, args.prompt, args.n, args.out, args.steps,
+    out = sample_checkpoint(readable_checkpoint(args.checkpoint), args.prompt, args.n, args.out, args.steps,
                             args.guidance, args.device)
     print(f"samples: {out}")
 

@@ -12,13 +12,14 @@ parameterisation is a subclass that overrides one or two hooks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from itertools import pairwise
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
+from ablate.config import limits
 from ablate.nets.dit import DiT, DiTConfig
 from ablate.objectives import Objective
 from ablate.registry import register
@@ -42,9 +43,9 @@ class FlowMatching(Objective):
     @dataclass
     class Config:
         # DiT size: DiTConfig's fields except in_channels / grid / cond_dim (from the context).
-        dim: int = 1792
-        depth: int = 24
-        heads: int = 28
+        dim: int = field(default=1792, metadata=limits(1))
+        depth: int = field(default=24, metadata=limits(1))
+        heads: int = field(default=28, metadata=limits(1))
         kv_heads: int | None = None
         ffn_dim: int | None = None
         multiple_of: int = 256
@@ -61,9 +62,9 @@ class FlowMatching(Objective):
         logit_normal_mean: float = 0.0  # in the paper's t (t=1 is data): > 0 leans to data
         logit_normal_std: float = 1.0
         shift: float = 1.0  # SD3 time shift; > 1 spends more time near noise; 1.0 = none
-        cond_dropout: float = 0.1  # whole query sequence zeroed, for classifier-free guidance
+        cond_dropout: float = field(default=0.1, metadata=limits(0, 1))  # whole query sequence zeroed, for classifier-free guidance
         # Sampling defaults (sample() arguments override them)
-        sample_steps: int = 30
+        sample_steps: int = field(default=30, metadata=limits(1))
         guidance: float = 3.0
         sampler: Literal["euler", "heun"] = "euler"
 

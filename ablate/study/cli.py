@@ -15,7 +15,7 @@ def _grid(args) -> None:
 
     study = load_study(args.study, args.set)
     outcomes = run_grid(study, only=args.only, shard=parse_shard(args.shard), dry_run=args.dry_run,
-                        launcher=args.launcher)
+                        launcher=args.launcher, rerun_changed=args.rerun_changed)
     failed = [o.cell.name for o in outcomes if o.result == "failed"]
     if failed:
         print(f"ablate grid: {len(failed)} of {len(outcomes)} runs failed: {', '.join(failed)} "
@@ -56,6 +56,8 @@ def add_commands(sub) -> None:
                    "(0-based): one worker per GPU or SLURM array task")
     p.add_argument("--launcher", choices=["local", "subprocess"], default="local",
                    help="local: in this process; subprocess: `python -m ablate fit` per cell")
+    p.add_argument("--rerun-changed", action="store_true", help="run finished cells whose spec "
+                   "changed since again, from scratch (default: refuse, naming the changed keys)")
     p.set_defaults(func=_grid)
 
     p = sub.add_parser("sweep", help="optuna search over a study's sweep: section")

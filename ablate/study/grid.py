@@ -3,6 +3,8 @@
 Each cell is an independent ``ablate fit`` run in ``results/<study>/<cell>-seed<seed>/``. A
 cell whose ``status.json`` says finished is skipped, an interrupted one (a ``last.ckpt``)
 resumes exactly, a failed one is recorded (status.json + ``grid.log``) and the others go on.
+A finished cell whose resolved spec changed since (status.json's ``spec_hash``) is refused,
+naming the changed keys, unless ``--rerun-changed`` asks to run it again from scratch.
 ``--launcher subprocess`` runs each cell as ``python -m ablate fit`` in its own process, so
 nothing a failing cell does (CUDA errors, leaked memory, global state) reaches the next one;
 the resolved run specs it uses stay in ``results/<study>/specs/`` for re-running by hand.
@@ -40,6 +42,7 @@ import fnmatch
 import gc
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -49,8 +52,9 @@ from pathlib import Path
 import yaml
 
 from ablate.config import ConfigError
+from ablate.provenance import spec_changes
 from ablate.study.spec import Cell, Study
-from ablate.train import last_checkpoint, read_status, write_status
+from ablate.train import last_checkpoint, read_status, record_failure, writable_dir
 
 log = logging.getLogger("ablate.grid")
 
@@ -60,18 +64,27 @@ LAUNCHERS = ("local", "subprocess")
 @dataclass
 class Outcome:
     cell: Cell
-    before: str  # new | finished | resume | restart
+    before: str  # new | finished | changed | resume | restart
     result: str  # skipped | finished | failed
     error: str | None = None
     seconds: float = 0.0
 
 
+def changed_keys(cell: Cell) -> list[str]:
+    """Spec keys that differ from those the cell finished with ([] if none or unfinished)."""
+    status = read_status(cell.run.run_dir)
+    if status.get("state") != "finished":
+        return []
+    return spec_changes(cell.run, cell.run.run_dir, status) or []
+
+
 def cell_state(cell: Cell) -> str:
-    """new, finished, resume (has last.ckpt) or restart (ran, but left no checkpoint)."""
+    """new, finished, changed (finished with another spec), resume (has a checkpoint) or
+    restart (ran, but left no checkpoint)."""
     run_dir = cell.run.run_dir
     status = read_status(run_dir)
     if status.get("state") == "finished":
-        return "finished"
+        return "changed" if changed_keys(cell) else "finished"
     if last_checkpoint(run_dir):
         return "resume"
     return "restart" if status else "new"
@@ -168,7 +181,9 @@ def run_cell(study: Study, cell: Cell, launcher: str = "local", extra_callbacks=
     before = cell_state(cell)
     if before == "finished":
         return Outcome(cell, before, "skipped")
-    _log_line(study, cell, "start" if before in ("new", "restart") else "resume")
+    if before == "changed":  # run_grid refused unless --rerun-changed: start again, from scratch
+        shutil.rmtree(cell.run.run_dir)
+    _log_line(study, cell, {"new": "start", "restart": "start", "changed": "rerun-changed"}.get(before, "resume"))
     start = time.time()
     try:
         if launcher == "subprocess":
@@ -181,7 +196,7 @@ def run_cell(study: Study, cell: Cell, launcher: str = "local", extra_callbacks=
         run_dir = cell.run.run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         if read_status(run_dir).get("state") != "failed":  # e.g. a child killed by the OOM killer
-            write_status(run_dir, state="failed", error=error)
+            record_failure(run_dir, error=error)
         _log_line(study, cell, "failed", error)
         return Outcome(cell, before, "failed", error, time.time() - start)
     except BaseException as err:  # Ctrl-C, a kill: stop the whole grid, say where
@@ -200,8 +215,21 @@ def describe(cells: list[Cell]) -> str:
     return pd.DataFrame(rows).fillna("").to_string(index=False)
 
 
+def refuse_changed(cells: list[Cell], source: str) -> None:
+    """A finished cell whose spec was edited would be skipped and its old results reported
+    under the new spec: refuse, naming the cells and keys."""
+    changed = {c.name: keys for c in cells if (keys := changed_keys(c))}
+    if changed:
+        lines = "; ".join(f"{name}: {', '.join(keys[:8])}" + (" ..." if len(keys) > 8 else "")
+                          for name, keys in changed.items())
+        raise ConfigError(f"{source}: {len(changed)} finished run(s) were made from a different spec "
+                          f"({lines}); restore the spec, or pass --rerun-changed to run them again "
+                          "from scratch")
+
+
 def run_grid(study: Study, only=(), shard: tuple[int, int] | None = None, dry_run: bool = False,
-             launcher: str = "local", extra_callbacks=(), echo=print) -> list[Outcome]:
+             launcher: str = "local", extra_callbacks=(), echo=print,
+             rerun_changed: bool = False) -> list[Outcome]:
     """Run the selected cells of ``study`` in turn; return what happened to each."""
     if launcher not in LAUNCHERS:
         raise ConfigError(f"--launcher {launcher!r}: choose one of {list(LAUNCHERS)}")
@@ -210,6 +238,9 @@ def run_grid(study: Study, only=(), shard: tuple[int, int] | None = None, dry_ru
     echo(describe(cells))
     if dry_run:
         return [Outcome(c, cell_state(c), "dry-run") for c in cells]
+    if not rerun_changed:
+        refuse_changed(cells, study.source)
+    writable_dir(study.study_dir, "study folder")
     write_study_yaml(study)
     outcomes = []
     for i, cell in enumerate(cells, 1):

@@ -21,6 +21,7 @@ import pandas as pd  # noqa: E402
 
 from ablate.config import ConfigError  # noqa: E402
 from ablate.study.results import collect, final_table, lower_is_better, markdown_table, metric_columns  # noqa: E402
+from ablate.train import writable_dir  # noqa: E402
 
 log = logging.getLogger("ablate.plot")
 
@@ -118,6 +119,8 @@ def plot(results_dir: str | Path, metrics: list[str] | None = None, xs=("step", 
         raise ConfigError(f"--band {band!r}: choose minmax, std or none")
     if not 0 <= smooth < 1:
         raise ConfigError(f"--smooth {smooth}: expected 0 (none) <= smooth < 1")
+    if results_dir.is_dir():  # a read-only study folder: say so before any work
+        writable_dir(results_dir, "plots and tables")
     frame = collect(results_dir)
     chosen = select_metrics(frame, metrics)
     colours = cell_colours(list(dict.fromkeys(frame["cell"])))

@@ -9,12 +9,15 @@ rows becomes one row; metrics not computed at a step are NaN.
 from __future__ import annotations
 
 import fnmatch
+import logging
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
 from ablate.train import read_status
+
+log = logging.getLogger("ablate.results")
 
 ID_COLUMNS = ["study", "run", "cell", "seed", "state"]
 LOWER_IS_BETTER = ("fid*", "*loss*", "time/*", "eval/error/*")
@@ -35,14 +38,27 @@ def run_dirs(results_dir: str | Path) -> list[Path]:
     return runs
 
 
-def read_run(run_dir: Path) -> pd.DataFrame:
-    metrics = pd.read_csv(run_dir / "metrics.csv")
+def read_run(run_dir: Path) -> pd.DataFrame | None:
+    """A run's rows, or None (with a warning) when its metrics.csv holds none."""
+    try:
+        metrics = pd.read_csv(run_dir / "metrics.csv")
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        log.warning("%s/metrics.csv: unreadable (%s); run left out", run_dir, err)
+        return None
+    if metrics.empty or "step" not in metrics:
+        log.warning("%s/metrics.csv: no rows yet; run left out", run_dir)
+        return None
     # first() takes each column's first non-NaN value: the train and eval rows of a step merge.
     metrics = metrics.groupby("step", as_index=False, sort=True).first()
     if "time/wall" in metrics:  # an eval row after the last train step has no wall time yet
         metrics["time/wall"] = metrics["time/wall"].ffill()
     config_path = run_dir / "config.yaml"
-    config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
+    try:
+        config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
+    except yaml.YAMLError as err:
+        log.warning("%s: unreadable (%s)", config_path, err)
+        config = {}
+    config = config if isinstance(config, dict) else {}
     meta = config.get("meta") or {}
     ids = {"study": config.get("study", run_dir.parent.name), "run": run_dir.name,
            "cell": meta.get("cell", run_dir.name), "seed": config.get("seed"),
@@ -65,7 +81,10 @@ def run_order(results_dir: Path) -> list[str]:
 def collect(results_dir: str | Path, write: bool = True) -> pd.DataFrame:
     """Every run under ``results_dir`` (one study folder) as one table; writes summary.csv."""
     results_dir = Path(results_dir)
-    runs = [read_run(d) for d in run_dirs(results_dir)]
+    runs = [r for r in (read_run(d) for d in run_dirs(results_dir)) if r is not None]
+    if not runs:
+        raise FileNotFoundError(f"{results_dir}: no run has logged metrics yet (every metrics.csv "
+                                "is empty or unreadable)")
     frame = pd.concat(runs, ignore_index=True)
     # Column order is what tells measurements apart later: ids, axes, step, then metrics.
     axes = list(dict.fromkeys(a for r in runs for a in r.attrs["axes"]))

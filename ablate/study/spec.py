@@ -271,6 +271,39 @@ def _plugin(spec: Any, table: dict, where: str) -> tuple[str, dict]:
     return name, spec
 
 
+def _per_trial_seed(make, seed: int):
+    """An optuna sampler whose seed is ``seed + trial number``: with one fixed seed, every
+    worker of a shared study would draw the same parameters. Trial numbers are unique in
+    the storage, so workers differ, and one worker's sequence stays reproducible. (The
+    samplers keep no state but their random generator; history comes from the storage.)"""
+    import optuna
+
+    class PerTrialSeed(optuna.samplers.BaseSampler):
+        def __init__(self):
+            self.inner = make(seed)
+
+        def before_trial(self, study, trial):
+            self.inner = make(seed + trial.number)
+            self.inner.before_trial(study, trial)
+
+        def infer_relative_search_space(self, study, trial):
+            return self.inner.infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study, trial, search_space):
+            return self.inner.sample_relative(study, trial, search_space)
+
+        def sample_independent(self, study, trial, param_name, param_distribution):
+            return self.inner.sample_independent(study, trial, param_name, param_distribution)
+
+        def after_trial(self, study, trial, state, values):
+            self.inner.after_trial(study, trial, state, values)
+
+        def reseed_rng(self):
+            self.inner.reseed_rng()
+
+    return PerTrialSeed()
+
+
 def build_sampler(sweep: SweepSpec, dists: dict, source: str = "<study>"):
     import optuna
 
@@ -287,12 +320,17 @@ def build_sampler(sweep: SweepSpec, dists: dict, source: str = "<study>"):
                 raise ConfigError(f"{source}: sweep.params.{key}: sampler grid needs choices "
                                   "or a step")
         kwargs["search_space"] = space
-    try:
+    def make(seed=kwargs.get("seed")):
         with warnings.catch_warnings():  # TPE's multivariate / constant_liar are "experimental"
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return getattr(optuna.samplers, SAMPLERS[name])(**kwargs)
+            return getattr(optuna.samplers, SAMPLERS[name])(**{**kwargs, "seed": seed})
+
+    try:
+        make()
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{source}: sweep.sampler: {err}") from None
+    seed = kwargs.get("seed")
+    return _per_trial_seed(make, seed) if isinstance(seed, int) and not isinstance(seed, bool) else make()
 
 
 def build_pruner(sweep: SweepSpec, source: str = "<study>"):
