@@ -8,7 +8,6 @@ dense bf16 peak. Figures only: nothing here asserts a target.
 
 from __future__ import annotations
 
-import json
 import resource
 import statistics
 import time
@@ -118,27 +117,3 @@ def bench(run, steps: int = 10, warmup: int = 2, device: str | None = None) -> d
         "memory_kind": "cuda max allocated" if dev.type == "cuda" else "process peak RSS",
     }
     return result
-
-
-def _bench(args) -> None:
-    from ablate.config import load_run
-
-    run = load_run(args.config, args.set)
-    result = bench(run, steps=args.steps, warmup=args.warmup, device=args.device)
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return
-    for key, value in result.items():
-        shown = f"{value:.4g}" if isinstance(value, float) else value
-        print(f"{key:<20} {shown}")
-
-
-def add_commands(sub) -> None:
-    p = sub.add_parser("bench", help="time training steps of a run: step time, samples/s, memory, MFU")
-    p.add_argument("config", help="run spec (YAML)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--steps", type=int, default=10, help="timed steps")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    p.add_argument("--device", help="cpu | cuda (default: cuda when available)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=_bench)

@@ -1,14 +1,21 @@
-"""The ``ablate`` command line. Each subcommand is a thin shell over a library function."""
+"""The ``ablate`` command line. Each subcommand is a thin shell over a library function.
+
+Building the parser imports no torch (``ablate --help`` answers in well under a second):
+command modules import what they run inside their handlers.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import os
 import sys
 
 from ablate.config import ConfigError
+
+SET_HELP = "override a key, e.g. --set train.max_steps=100 (repeatable)"
 
 
 def _fit(args) -> None:
@@ -20,46 +27,103 @@ def _fit(args) -> None:
     print(f"results: {run_dir}")
 
 
-def _list(args) -> None:
-    from ablate.registry import REGISTRIES
+def _bench(args) -> None:
+    from ablate.bench import bench
+    from ablate.config import load_run
 
-    kinds = [args.kind] if args.kind else sorted(REGISTRIES)
+    run = load_run(args.config, args.set)
+    result = bench(run, steps=args.steps, warmup=args.warmup, device=args.device)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    for key, value in result.items():
+        shown = f"{value:.4g}" if isinstance(value, float) else value
+        print(f"{key:<20} {shown}")
+
+
+def _train_decoder(args) -> None:
+    from ablate.decoder_training import train_decoder_from_yaml
+
+    record = train_decoder_from_yaml(args.spec, args.out, args.steps, args.set, log=print)
+    print(f"decoder: {args.out} ({record['steps']} steps, final loss {record['final_loss']}, "
+          f"{record['wall_s']:.0f}s); use it as encoder.decoder: {args.out}")
+
+
+KIND_ALIASES = {"objectives": "objective", "encoders": "encoder", "metrics": "metric",
+                "judges": "judge", "datasets": "dataset"}
+
+
+def _list(args) -> None:
+    from ablate.registry import REGISTRIES, load_plugins
+
+    kinds = [args.kind] if args.kind else [*sorted(REGISTRIES), "plugins"]
     for kind in kinds:
-        kind = {"objectives": "objective", "encoders": "encoder", "metrics": "metric",
-                "judges": "judge", "datasets": "dataset"}.get(kind, kind)
+        kind = KIND_ALIASES.get(kind, kind)
+        if kind == "plugins":
+            print("plugins (modules outside the core, see `ablate.registry`):")
+            for plugin in load_plugins():
+                status = f"  FAILED: {plugin.error}" if plugin.error else ""
+                print(f"  {plugin.module:<32} {plugin.source}{status}")
+            continue
         if kind not in REGISTRIES:
-            raise ConfigError(f"unknown kind {kind!r}; kinds: {sorted(REGISTRIES)}")
+            raise ConfigError(f"unknown kind {kind!r}; kinds: {[*sorted(REGISTRIES), 'plugins']}")
         print(f"{kind}:")
         for name, cls in REGISTRIES[kind].items():
-            doc = (sys.modules[cls.__module__].__doc__ or cls.__doc__ or "").strip().splitlines()
+            # the class's own docstring, else its module's (one plugin per file)
+            doc = (cls.__dict__.get("__doc__") or sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
             print(f"  {name:<16} {cls.__module__}.{cls.__name__}  {doc[0] if doc else ''}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ablate", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _core_commands(sub) -> None:
     p = sub.add_parser("fit", help="train one run from a YAML spec")
     p.add_argument("config", help="run spec (YAML)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a key, e.g. --set train.max_steps=100 (repeatable)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="delete an existing run folder first")
     p.set_defaults(func=_fit)
 
-    p = sub.add_parser("list", help="registered plugins")
-    p.add_argument("kind", nargs="?", help="encoder | objective | metric | judge | dataset")
-    p.set_defaults(func=_list)
+    p = sub.add_parser("bench", help="time training steps of a run: step time, samples/s, memory, MFU")
+    p.add_argument("config", help="run spec (YAML)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
+    p.add_argument("--steps", type=int, default=10, help="timed steps")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    p.add_argument("--device", help="cpu | cuda (default: cuda when available)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_bench)
 
-    for module in COMMAND_MODULES:
-        importlib.import_module(module).add_commands(sub)
-    return parser
+    p = sub.add_parser("train-decoder", help="train a CLIP-features -> pixels diffusion decoder")
+    p.add_argument("spec", help="YAML with encoder: and data: (run-spec format), optional decoder: "
+                                "and decoder_training:")
+    p.add_argument("--out", required=True, help="decoder folder to write (unet/, scheduler/, vae/)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: decoder_training.steps)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key, e.g. --set decoder_training.lr=1e-4 (repeatable)")
+    p.set_defaults(func=_train_decoder)
+
+    p = sub.add_parser("list", help="registered plugins and the plugin modules that provide them")
+    p.add_argument("kind", nargs="?", help="encoder | objective | metric | judge | dataset | plugins")
+    p.set_defaults(func=_list)
 
 
 # Each of these modules adds its own subcommands with ``add_commands(subparsers)``.
-COMMAND_MODULES = ("ablate.eval.cli", "ablate.study.cli", "ablate.toy.cli", "ablate.toy.demo",
-                   "ablate.bench")
+COMMAND_MODULES = ("ablate.eval.cli", "ablate.study.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ablate.registry import load_plugins
+
+    parser = argparse.ArgumentParser(prog="ablate", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _core_commands(sub)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).add_commands(sub)
+    # Plugin modules (entry points, ABLATE_PLUGINS) may add commands too, e.g. the toy world's.
+    for plugin in load_plugins():
+        add_commands = getattr(sys.modules.get(plugin.module), "add_commands", None)
+        if not plugin.error and callable(add_commands):
+            add_commands(sub)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

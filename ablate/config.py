@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import math
 import re
 import types
@@ -244,6 +245,32 @@ def load_yaml(path: str | Path) -> dict:
     return data
 
 
+PACKAGE_PATH = "pkg://"
+
+
+def resolve_package_paths(value: Any, key: str = "") -> Any:
+    """Every ``pkg://PACKAGE/REL/PATH`` string in a spec -> that file or folder inside the
+    installed package, so a spec can name files a package ships (the toy world's models)
+    wherever it is installed. Other relative paths stay relative to the working directory."""
+    if isinstance(value, dict):
+        return {k: resolve_package_paths(v, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve_package_paths(v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if not (isinstance(value, str) and value.startswith(PACKAGE_PATH)):
+        return value
+    package, _, rel = value[len(PACKAGE_PATH):].partition("/")
+    try:
+        spec = importlib.util.find_spec(package)  # locates without running the package's code
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"{key}: {value!r}: no installed package {package!r} (expected pkg://PACKAGE/PATH)")
+    path = Path(next(iter(spec.submodule_search_locations))) / rel
+    if not path.exists():
+        raise ConfigError(f"{key}: {value!r}: {path} does not exist")
+    return str(path)
+
+
 # --------------------------------------------------------------------------------------
 # The run spec
 # --------------------------------------------------------------------------------------
@@ -296,7 +323,7 @@ class TrainConfig:
     log_every_n_steps: int = field(default=10, metadata=limits(1))
     checkpoint_every_n_steps: int = field(default=500, metadata=limits(1))
     keep_checkpoints: int = field(default=2, metadata=limits(0, also=(-1,)))  # -1: keep all
-    logger: Literal["csv", "tensorboard", "wandb", "none"] = "csv"
+    logger: Literal["csv", "tensorboard", "wandb", "mlflow", "none"] = "csv"  # csv is always written too
     progress_bar: bool = True
     compile: bool = False
     # A non-finite loss or gradient: stop the run (failed, naming the step) or skip that
@@ -358,10 +385,26 @@ def check_plugin_spec(kind: str, spec: Any, where: str) -> None:
         from_dict(config_cls, kwargs, where)
 
 
+# train.logger -> (a module that must be importable, the extra that installs it)
+LOGGER_PACKAGES = {"tensorboard": (("tensorboard", "tensorboardX"), "tensorboard"),
+                   "wandb": (("wandb",), "wandb"), "mlflow": (("mlflow",), "mlflow")}
+
+
+def check_logger(logger: str) -> None:
+    """A logger whose package is missing fails here, before any model loads."""
+    if logger not in LOGGER_PACKAGES:
+        return
+    modules, extra = LOGGER_PACKAGES[logger]
+    if not any(importlib.util.find_spec(m) for m in modules):
+        raise ConfigError(f"train.logger: {logger!r} needs the {' or '.join(modules)} package, which is not "
+                          f"installed: pip install 'ablate[{extra}]' (or choose csv / none)")
+
+
 def parse_run(data: dict, source: str = "<spec>") -> RunConfig:
     """Validate a run spec (already merged with overrides). Errors name ``source``."""
     try:
-        run = from_dict(RunConfig, data)
+        run = from_dict(RunConfig, resolve_package_paths(data))
+        check_logger(run.train.logger)
         check_plugin_spec("encoder", run.encoder, "encoder")
         check_plugin_spec("objective", run.objective, "objective")
         check_plugin_spec("dataset", run.data.train, "data.train")

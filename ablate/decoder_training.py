@@ -18,7 +18,8 @@ in the run-spec format:
 
     ablate train-decoder SPEC.yaml --out DIR --steps N
 
-``data.train: {name: toy, n: 5000}`` draws images from the toy world's renderer.
+``data.train: {name: toy, n: 5000}`` draws images from the toy world's renderer (the toy
+plugin's ``toy`` dataset).
 """
 
 from __future__ import annotations
@@ -87,40 +88,6 @@ class DecoderTrainConfig:
 # ----------------------------------------------------------------------------- sources
 
 
-class ToyScenes(ImageCaptionSource):
-    """Renders of the toy world (``ablate.toy.scenes``), as a dataset source. Used for
-    ``name: toy`` when no ``toy`` dataset plugin is registered (also reachable by this
-    dotted path). Renders are memoised, so later epochs cost nothing."""
-
-    @dataclass
-    class Config:
-        n: int = 10000
-        seed: int = 0
-        split: str = "train"
-        size: int = 64
-        short_fraction: float = 0.2
-        per_unit: int = 500
-
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        self._memo: dict[int, tuple] = {}
-
-    def units(self) -> list[range]:
-        n, k = self.cfg.n, self.cfg.per_unit
-        return [range(i, min(n, i + k)) for i in range(0, n, k)]
-
-    def read(self, unit: range):
-        from ablate.toy.scenes import make_sample
-
-        c = self.cfg
-        for i in unit:
-            if i not in self._memo:
-                image, caption, _ = make_sample(i, c.seed, c.split, c.size, c.short_fraction)
-                self._memo[i] = (image, caption)
-            image, caption = self._memo[i]
-            yield {"image": image, "caption": caption, "key": f"toy/{c.split}/{i}"}
-
-
 class InMemoryPairs(ImageCaptionSource):
     """Already-loaded (PIL image, caption) pairs as a source (e.g. renders a caller holds)."""
 
@@ -144,12 +111,7 @@ def build_source(spec) -> ImageCaptionSource:
     """A dataset source from a ``data.train`` spec (or a source object, returned as is)."""
     if isinstance(spec, ImageCaptionSource):
         return spec
-    registry = get_registry("dataset")
-    name = spec if isinstance(spec, str) else spec.get("name")
-    if name == "toy" and "toy" not in registry.names():
-        kwargs = {} if isinstance(spec, str) else {k: v for k, v in spec.items() if k != "name"}
-        return ToyScenes(from_dict(ToyScenes.Config, kwargs, "data.train"))
-    return registry.build(spec, where="data.train")
+    return get_registry("dataset").build(spec, where="data.train")
 
 
 # ----------------------------------------------------------------------------- the net

@@ -151,6 +151,12 @@ def make_logger(run: RunConfig, run_dir: Path, resume_step: int | None):
         from lightning.pytorch.loggers import WandbLogger
 
         loggers.append(WandbLogger(project=run.study, name=run.name, save_dir=str(run_dir)))
+    elif run.train.logger == "mlflow":
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        # MLFLOW_TRACKING_URI picks the server; without it, a file store in the run folder
+        loggers.append(MLFlowLogger(experiment_name=run.study, run_name=run.name,
+                                    save_dir=str(run_dir / "mlruns")))
     return loggers
 
 

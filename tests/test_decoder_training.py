@@ -11,8 +11,9 @@ from PIL import Image
 
 from ablate.cli import main
 from ablate.config import ConfigError
-from ablate.decoder_training import ToyScenes, build_source, train_decoder
+from ablate.decoder_training import build_source, train_decoder
 from ablate.registry import get_registry
+from ablate.toy.plugins import ToyScenes
 
 NET = {"channels": [16, 32], "head_dim": 8, "norm_groups": 8, "time_embed_dim": 4}
 FAST = {"warmup_steps": 1, "log_every": 1, "ema_decay": 0.9}

@@ -1,36 +1,25 @@
-"""A shrunk `ablate demo`: the shipped toy assets, a little toy data, two steps per cell."""
+"""A shrunk `ablate demo` (``--smoke``): the shipped toy assets, a little toy data, two steps per cell."""
 
 import pandas as pd
 import pytest
 
 from ablate.cli import main
-from ablate.toy.build import assets_dir, check_assets
+from ablate.toy.build import check_assets
 from ablate.toy.demo import default_study
-
-SMALL_METRICS = (
-    "[{name: geneval, prompts: data/toy/benchmarks/geneval/evaluation_metadata.jsonl, "
-    "judge: {name: toy-detector}, max_prompts: 3, images_per_prompt: 1}, "
-    "{name: dpg, bench_dir: data/toy/benchmarks/dpg_bench, judge: {name: toy-vqa}, max_prompts: 1}, "
-    "{name: diversity, num_prompts: 1, num_seeds: 2, prompts: [a photo of a red circle]}]")
 
 
 def test_shrunk_demo_end_to_end(tmp_path, monkeypatch):
+    """``ablate demo --smoke`` from an empty folder: the study and the assets are found in the
+    package, the data and results land in the working directory."""
     check_assets()  # the shipped assets load (else: run `ablate toy build`)
-    study = default_study().resolve()
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "ablate" / "toy").mkdir(parents=True)
-    (tmp_path / "ablate" / "toy" / "assets").symlink_to(assets_dir())
-    code = main(["demo", "--study", str(study), "--data-scale", "0.02",
-                 "--set", "train.max_steps=2", "--set", "eval.every_n_steps=0",
-                 "--set", "eval.at_start=false", "--set", "data.batch_size=4",
-                 "--set", "eval.sample_steps=2", "--set", "eval.sample_prompts=[]",
-                 "--set", f"eval.metrics={SMALL_METRICS}"])
-    assert code == 0
+    assert main(["demo", "--smoke"]) == 0
     results = tmp_path / "results" / "demo"
     summary = pd.read_csv(results / "summary.csv")
     assert set(summary["cell"]) == {"clip+mse", "clip+fm", "vae+fm", "vae+mse"}
     assert summary["geneval/overall"].notna().sum() == 4 and summary["dpg/overall"].notna().sum() == 4
     assert (results / "curves_step.png").is_file() and (results / "final_table.md").is_file()
+    assert (tmp_path / "data" / "toy" / "toy_data.json").is_file()
 
 
 def test_demo_study_file_is_valid():

@@ -130,7 +130,7 @@ def test_interpolant_and_target_velocity():
 def test_euler_step_on_linear_field():
     obj = build(FlowMatching)
     a, b = -0.7, torch.randn(*TARGET)
-    obj.velocity = lambda x, t, cond, cond_mask=None, guidance=1.0: a * x + b
+    obj.velocity = lambda x, t, cond, guidance=1.0: a * x + b
     x = torch.randn(2, *TARGET)
     t, t_next = torch.tensor(0.2), torch.tensor(0.45)
     torch.testing.assert_close(obj.euler_step(x, t, t_next, None), x + 0.25 * (a * x + b))
@@ -142,7 +142,7 @@ def test_solvers_are_exact_where_they_should_be(sampler):
     loop must then land on x(1) = x(0) + integral of v over [0, 1]."""
     obj = build(FlowMatching, shift=2.0)  # a non-uniform time grid on purpose
     a, b = torch.randn(*TARGET), torch.randn(*TARGET) if sampler == "heun" else 0.0
-    obj.velocity = lambda x, t, cond, cond_mask=None, guidance=1.0: a + b * t
+    obj.velocity = lambda x, t, cond, guidance=1.0: a + b * t
     cond = torch.randn(2, 5, COND_DIM)
     x1 = obj.sample(cond, generator=torch.Generator().manual_seed(3), steps=4, sampler=sampler)
     x0 = torch.randn((2, *TARGET), generator=torch.Generator().manual_seed(3))

@@ -4,7 +4,7 @@ Layout (what the BLIP3-o checkpoint's ``LuminaNextDiT2DModel`` has, written out 
 
 - the ``[B, C, h, w]`` grid is cut into ``p x p`` patches, one token each (row-major);
 - the condition (the backbone's query states) is projected to the DiT width by
-  Linear -> GELU(tanh) -> Linear; its masked mean, with the 256-d sinusoidal timestep
+  Linear -> GELU(tanh) -> Linear; its mean, with the 256-d sinusoidal timestep
   embedding, makes the vector ``c`` that drives the adaLN modulation;
 - every block: RMSNorm sandwich around attention and around the SwiGLU MLP, scale/gate
   modulation from ``c``; the attention is grouped-query self-attention with qk-norm and 2D
@@ -165,11 +165,10 @@ class Attention(nn.Module):
     def _heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
         return x.unflatten(-1, (n, self.head_dim)).transpose(1, 2)  # [B, n, L, hd]
 
-    def _attend(self, q, k, v, mask=None):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                              enable_gqa=self.kv_heads != self.heads)
+    def _attend(self, q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, enable_gqa=self.kv_heads != self.heads)
 
-    def forward(self, x, ctx, ctx_mask, cos, sin):
+    def forward(self, x, ctx, cos, sin):
         q = self.q_norm(self._heads(self.q(x), self.heads))
         k = self.k_norm(self._heads(self.k(x), self.kv_heads))
         v = self._heads(self.v(x), self.kv_heads)
@@ -179,8 +178,7 @@ class Attention(nn.Module):
         cq = self.cross_q_norm(self._heads(self.cross_q(x), self.heads))
         ck = self.cross_k_norm(self._heads(self.cross_k(ctx), self.kv_heads))
         cv = self._heads(self.cross_v(ctx), self.kv_heads)
-        mask = None if ctx_mask is None else ctx_mask[:, None, None, :]
-        cross = self._attend(cq, ck, cv, mask)
+        cross = self._attend(cq, ck, cv)  # every query token is real: no padding to mask
         out = out + self.cross_gate.tanh().view(1, -1, 1, 1).to(out.dtype) * cross
         return self.out(out.transpose(1, 2).flatten(2))
 
@@ -208,9 +206,9 @@ class DiTBlock(nn.Module):
         # scale + gate for attention and for the MLP (RMSNorm has no shift in Lumina-Next)
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(cfg.adaln_dim, 4 * dim))
 
-    def forward(self, x, c, ctx, ctx_mask, cos, sin):
+    def forward(self, x, c, ctx, cos, sin):
         scale_attn, gate_attn, scale_ffn, gate_ffn = self.modulation(c)[:, None].chunk(4, dim=-1)
-        h = self.attn(self.attn_norm_in(x) * (1 + scale_attn), self.ctx_norm(ctx), ctx_mask, cos, sin)
+        h = self.attn(self.attn_norm_in(x) * (1 + scale_attn), self.ctx_norm(ctx), cos, sin)
         x = x + gate_attn.tanh() * self.attn_norm_out(h)
         h = self.ffn(self.ffn_norm_in(x) * (1 + scale_ffn))
         return x + gate_ffn.tanh() * self.ffn_norm_out(h)
@@ -233,8 +231,8 @@ class FinalLayer(nn.Module):
 
 
 class DiT(nn.Module):
-    """``forward(x [B,C,h,w], t [B] in [0,1], cond [B,N,cond_dim], cond_mask [B,N] bool)``
-    -> velocity ``[B,C,h,w]``. ``cond_mask`` True marks real condition tokens."""
+    """``forward(x [B,C,h,w], t [B] in [0,1], cond [B,N,cond_dim])`` -> velocity ``[B,C,h,w]``.
+    The condition is the backbone's N query states: never padded, so never masked."""
 
     def __init__(self, cfg: DiTConfig):
         super().__init__()
@@ -276,33 +274,26 @@ class DiT(nn.Module):
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
 
-    def condition(self, t, cond, cond_mask=None):
+    def condition(self, t, cond):
         """(adaLN vector c [B, adaln_dim], projected condition tokens [B, N, dim])."""
         ctx = self.cond_proj(cond)
-        if cond_mask is None:
-            pooled = ctx.mean(dim=1)
-        else:
-            m = cond_mask.to(ctx.dtype)[..., None]
-            pooled = (ctx * m).sum(1) / m.sum(1).clamp(min=1.0)
+        pooled = ctx.mean(dim=1)
         t_feat = timestep_features(t * self.cfg.time_scale, self.cfg.time_freq_dim).to(ctx.dtype)
         return self.time_embed(t_feat) + self.cond_pool_embed(pooled), ctx
 
-    def forward(self, x, t, cond, cond_mask=None):
+    def forward(self, x, t, cond):
         b, _, h, w = x.shape
         p = self.cfg.patch_size
         if t.ndim == 0:
             t = t.expand(b)
-        if cond_mask is not None:
-            # a row with no real token would make attention NaN: let it see all (padding) tokens
-            cond_mask = cond_mask.bool() | ~cond_mask.bool().any(dim=1, keepdim=True)
-        c, ctx = self.condition(t, cond, cond_mask)
+        c, ctx = self.condition(t, cond)
         cos, sin = rope_2d(h // p, w // p, self.cfg.head_dim, self.cfg.rope_theta, x.device)
         tokens = self.patch_embed(patchify(x, p))
         for block in self.blocks:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                tokens = checkpoint(block, tokens, c, ctx, cond_mask, cos, sin, use_reentrant=False)
+                tokens = checkpoint(block, tokens, c, ctx, cos, sin, use_reentrant=False)
             else:
-                tokens = block(tokens, c, ctx, cond_mask, cos, sin)
+                tokens = block(tokens, c, ctx, cos, sin)
         return unpatchify(self.final(tokens, c), p, h, w)
 
 

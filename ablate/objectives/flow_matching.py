@@ -84,7 +84,7 @@ class FlowMatching(Objective):
         self.net = self.build_net(cfg, self.target_shape, cond_dim)
 
     def build_net(self, cfg: Config, target_shape: tuple[int, int, int], cond_dim: int) -> torch.nn.Module:
-        """The velocity net ``net(x, t, cond, cond_mask)``, t in [0, 1]: a NextDiT sized by
+        """The velocity net ``net(x, t, cond)``, t in [0, 1]: a NextDiT sized by
         ``cfg``. Override to try another denoiser under the same recipe."""
         c, h, w = target_shape
         size = {f.name: getattr(cfg, f.name) for f in fields(DiTConfig) if f.name not in _FROM_CONTEXT}
@@ -142,34 +142,33 @@ class FlowMatching(Objective):
 
     # ---------------------------------------------------------------- model and solver
 
-    def _net(self, x, t, cond, cond_mask=None) -> torch.Tensor:
+    def _net(self, x, t, cond) -> torch.Tensor:
         """The DiT in its own dtype; returns float32 so solvers integrate in full precision."""
         dtype = next(self.net.parameters()).dtype
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         # t stays float32: bf16 would round t*1000 before the sinusoid
-        return self.net(x.to(dtype), t, cond.to(dtype), cond_mask).float()
+        return self.net(x.to(dtype), t, cond.to(dtype)).float()
 
-    def velocity(self, x, t, cond, cond_mask=None, guidance: float = 1.0) -> torch.Tensor:
+    def velocity(self, x, t, cond, guidance: float = 1.0) -> torch.Tensor:
         """Classifier-free guided velocity ``v_u + g (v_c - v_u)``, null condition = zeros."""
         if guidance == 1.0:
-            return self._net(x, t, cond, cond_mask)
+            return self._net(x, t, cond)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
-        mask = None if cond_mask is None else torch.cat([cond_mask, cond_mask])
         both = self._net(torch.cat([x, x]), torch.cat([t, t]),
-                         torch.cat([cond, torch.zeros_like(cond)]), mask)
+                         torch.cat([cond, torch.zeros_like(cond)]))
         v_cond, v_uncond = both.chunk(2)
         return v_uncond + guidance * (v_cond - v_uncond)
 
-    def euler_step(self, x, t, t_next, cond, cond_mask=None, guidance: float = 1.0):
-        return x + (t_next - t) * self.velocity(x, t, cond, cond_mask, guidance)
+    def euler_step(self, x, t, t_next, cond, guidance: float = 1.0):
+        return x + (t_next - t) * self.velocity(x, t, cond, guidance)
 
-    def heun_step(self, x, t, t_next, cond, cond_mask=None, guidance: float = 1.0):
+    def heun_step(self, x, t, t_next, cond, guidance: float = 1.0):
         """Trapezoid rule with an Euler predictor: exact when v is linear in t alone."""
         dt = t_next - t
-        v0 = self.velocity(x, t, cond, cond_mask, guidance)
-        v1 = self.velocity(x + dt * v0, t_next, cond, cond_mask, guidance)
+        v0 = self.velocity(x, t, cond, guidance)
+        v1 = self.velocity(x + dt * v0, t_next, cond, guidance)
         return x + dt * 0.5 * (v0 + v1)
 
     def time_grid(self, steps: int, device) -> torch.Tensor:
@@ -178,7 +177,7 @@ class FlowMatching(Objective):
 
     # ---------------------------------------------------------------- the contract
 
-    def loss(self, cond: torch.Tensor, target: torch.Tensor, cond_mask: torch.Tensor | None = None,
+    def loss(self, cond: torch.Tensor, target: torch.Tensor,
              generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         x1 = target.float()
         x0 = self.sample_noise(x1, generator)
@@ -186,7 +185,7 @@ class FlowMatching(Objective):
         xt = self.interpolant(x0, x1, t)
         v = self.target_velocity(x0, x1, t)
         cond, dropped = self.drop_condition(cond, generator)
-        pred = self._net(xt, t, cond, cond_mask)
+        pred = self._net(xt, t, cond)
         loss = F.mse_loss(pred, v)
         with torch.no_grad():  # the clean estimate's error is easier to read than the loss
             x1_hat = xt + _bcast(1 - t, xt) * pred
@@ -196,7 +195,7 @@ class FlowMatching(Objective):
     @torch.no_grad()
     def sample(self, cond: torch.Tensor, generator: torch.Generator | None = None,
                steps: int | None = None, guidance: float | None = None,
-               sampler: str | None = None, cond_mask: torch.Tensor | None = None) -> torch.Tensor:
+               sampler: str | None = None) -> torch.Tensor:
         steps = self.cfg.sample_steps if steps is None else steps
         guidance = self.cfg.guidance if guidance is None else guidance
         sampler = sampler or self.cfg.sampler
@@ -206,5 +205,5 @@ class FlowMatching(Objective):
         x = _random("randn", (cond.shape[0], *self.target_shape), cond.device, generator=generator)
         times = self.time_grid(steps, cond.device)
         for t, t_next in pairwise(times):
-            x = step(x, t, t_next, cond, cond_mask, guidance)
+            x = step(x, t, t_next, cond, guidance)
         return x

@@ -51,9 +51,7 @@ class MSE(Objective):
         tokens = self.proj(cond)  # [B, h*w, C]
         return tokens.transpose(1, 2).reshape(cond.shape[0], c, h, w)
 
-    def loss(self, cond: torch.Tensor, target: torch.Tensor,
-             cond_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        # cond_mask is accepted for a uniform call signature; every query is used here.
+    def loss(self, cond: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         pred = self.predict(cond).float()
         target = target.float()
         loss = F.mse_loss(pred, target)
@@ -64,6 +62,6 @@ class MSE(Objective):
     @torch.no_grad()
     def sample(self, cond: torch.Tensor, generator: torch.Generator | None = None,
                steps: int | None = None, guidance: float | None = None,
-               sampler: str | None = None, cond_mask: torch.Tensor | None = None) -> torch.Tensor:
+               sampler: str | None = None) -> torch.Tensor:
         # Deterministic regression: generator, steps, guidance and sampler do not apply.
         return self.predict(cond)

@@ -1,10 +1,23 @@
-"""``ablate toy build|data|check`` and ``ablate train-decoder`` (loaded by ``ablate.cli``)."""
+"""``ablate toy build|data|check`` (added to ``ablate`` by the toy plugin, ``ablate.toy.plugins``)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 
-from ablate.toy.build import CLIP_TARGETS, LM_ANSWERS
+
+def _build_option(name: str):
+    """An argparse ``type`` checking a value against ``ablate.toy.build.<name>`` when the
+    option is used: importing ``build`` (and torch with it) only then keeps ``--help`` fast."""
+    def check(value: str) -> str:
+        from ablate.toy import build
+
+        if value not in getattr(build, name):
+            raise argparse.ArgumentTypeError(f"{value!r} is not one of {list(getattr(build, name))}")
+        return value
+
+    check.__name__ = name.lower()  # what argparse calls the type in its messages
+    return check
 
 
 def _toy_build(args) -> None:
@@ -30,14 +43,6 @@ def _toy_data(args) -> None:
     print(prepare_toy_data(args.out, seed=args.seed, **sizes))
 
 
-def _train_decoder(args) -> None:
-    from ablate.decoder_training import train_decoder_from_yaml
-
-    record = train_decoder_from_yaml(args.spec, args.out, args.steps, args.set, log=print)
-    print(f"decoder: {args.out} ({record['steps']} steps, final loss {record['final_loss']}, "
-          f"{record['wall_s']:.0f}s); use it as encoder.decoder: {args.out}")
-
-
 def add_commands(sub) -> None:
     p = sub.add_parser("toy", help="the toy world: rebuild its pretrained components")
     toy = p.add_subparsers(dest="toy_command", required=True)
@@ -47,11 +52,11 @@ def add_commands(sub) -> None:
                    help="shrink data and steps (1.0: the shipped build, ~15 min on 2 CPU cores)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    b.add_argument("--clip-target", choices=CLIP_TARGETS, default="pixels",
-                   help="what the CLIP's patch tokens are trained to tell: their pixels (shipped) or "
-                        "which shape/colour/size covers them (ablate.toy.scenes.patch_semantics)")
-    b.add_argument("--lm-answers", choices=LM_ANSWERS, default="none",
-                   help="none (shipped): the LM's training texts end at the generation prompt; "
+    b.add_argument("--clip-target", type=_build_option("CLIP_TARGETS"), default="pixels",
+                   help="pixels | semantics: what the CLIP's patch tokens are trained to tell: their pixels "
+                        "(shipped) or which shape/colour/size covers them (ablate.toy.scenes.patch_semantics)")
+    b.add_argument("--lm-answers", type=_build_option("LM_ANSWERS"), default="none",
+                   help="none | restatement. none (shipped): the LM's training texts end at the generation prompt; "
                         "restatement: it answers with the caption's content (ablate.toy.scenes.restatement)")
     b.set_defaults(func=_toy_build)
     d = toy.add_parser("data", help="write toy training shards + GenEval/DPG/MJHQ-format benchmark files")
@@ -63,11 +68,3 @@ def add_commands(sub) -> None:
     c.add_argument("path", nargs="?", default=None)
     c.set_defaults(func=_toy_check)
 
-    p = sub.add_parser("train-decoder", help="train a CLIP-features -> pixels diffusion decoder")
-    p.add_argument("spec", help="YAML with encoder: and data: (run-spec format), optional decoder: "
-                                "and decoder_training:")
-    p.add_argument("--out", required=True, help="decoder folder to write (unet/, scheduler/, vae/)")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: decoder_training.steps)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a key, e.g. --set decoder_training.lr=1e-4 (repeatable)")
-    p.set_defaults(func=_train_decoder)

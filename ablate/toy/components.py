@@ -79,18 +79,6 @@ def _tail_mean(losses: list[float], frac: float = 0.1) -> float:
 # ----------------------------------------------------------------------------- data
 
 
-def toy_captions(n: int, seed: int = 0, short_fraction: float = 0.4) -> list[str]:
-    """``n`` captions of random scenes without rendering them (a text-only corpus)."""
-    from ablate.toy.scenes import caption, sample_scene
-
-    out = []
-    for i in range(n):
-        rng = np.random.default_rng([seed, 97, i])  # a stream of its own: no image split shares it
-        scene = sample_scene(rng)
-        out.append(caption(scene, rng, "short" if rng.random() < short_fraction else "detailed"))
-    return out
-
-
 def toy_pairs(n: int, seed: int = 0, split: str = "train", short_fraction: float = 0.2,
               size: int = 64) -> tuple[torch.Tensor, list[str], list[dict]]:
     """``n`` rendered samples: uint8 images ``[n, 3, size, size]``, captions, scene dicts."""

@@ -22,7 +22,7 @@ from ablate.objectives.flow_matching import FlowMatching
 
 
 class ConditionalUNet(nn.Module):
-    """``net(x, t, cond, cond_mask)`` as the DiT takes it, with t in [0, 1]."""
+    """``net(x, t, cond)`` as the DiT takes it, with t in [0, 1]."""
 
     def __init__(self, channels: int, side: int, cond_dim: int, widths: tuple[int, ...], head_dim: int):
         super().__init__()
@@ -36,9 +36,8 @@ class ConditionalUNet(nn.Module):
             norm_num_groups=min(32, widths[0] // 2))
         self.gradient_checkpointing = False
 
-    def forward(self, x, t, cond, cond_mask=None):
-        mask = None if cond_mask is None else cond_mask.to(x.dtype)
-        return self.unet(x, t * 1000, encoder_hidden_states=cond, encoder_attention_mask=mask).sample
+    def forward(self, x, t, cond):
+        return self.unet(x, t * 1000, encoder_hidden_states=cond).sample
 
 
 class UNetFlowMatching(FlowMatching):

@@ -9,19 +9,3 @@ Two roles, each a small protocol:
 - DPG VQA: ``answer(images: list[PIL.Image], questions: list[list[str]])`` -> answers, a
   list of strings per image (lower-case; only ``"yes"`` counts).
 """
-
-from __future__ import annotations
-
-from typing import Protocol
-
-from PIL import Image
-
-
-class DetectorJudge(Protocol):
-    def detect(self, images: list[Image.Image], metadata: list[dict]) -> list[dict[str, list[dict]]]:
-        ...
-
-
-class VQAJudge(Protocol):
-    def answer(self, images: list[Image.Image], questions: list[list[str]]) -> list[list[str]]:
-        ...

@@ -254,7 +254,7 @@ def evaluate_folder(items: list[DPGItem], judge, image_dir: str | Path, out_dir:
                     require_all: bool = True, category_crops: Literal["all", "last"] = "all") -> dict:
     """Score ``<image_dir>/<item_id>.png`` (2x2 tiles) with a VQA judge.
 
-    ``judge.answer(images, questions)`` is the ``VQAJudge`` protocol. Writes
+    ``judge.answer(images, questions)`` is the VQA role described in ``ablate.eval.judges``. Writes
     ``dpg_results.jsonl`` (one line per prompt) and ``dpg_summary.json`` to ``out_dir``
     when given; returns the summary of :func:`aggregate`. With ``require_all=False``
     missing images are skipped (as the reference does, it scores what is in the folder).
