@@ -129,17 +129,26 @@ def loss_is_a_dict_of_finite_scalars(cls, world=None):
 
 
 def loss_draws_from_the_global_rng(cls, world=None):
-    """Same global seed, same loss: what makes a resumed run exact (module.step_seed)."""
+    """Same global seed, same loss: what makes a resumed run exact (module.step_seed); and
+    for an objective that samples noise, another seed, another loss (fresh noise each step)."""
     obj = tiny_objective(cls)
     cond, target = _inputs(obj, 3)
-    first = []
-    for _ in range(2):
-        torch.manual_seed(1234)
-        first.append({k: v.detach() for k, v in obj.loss(cond, target).items()})
-    for key in first[0]:
-        assert torch.equal(first[0][key], first[1][key]), (
+
+    def loss_at(seed):
+        torch.manual_seed(seed)
+        return {k: v.detach() for k, v in obj.loss(cond, target).items()}
+
+    first, again, other = loss_at(1234), loss_at(1234), loss_at(4321)
+    for key in first:
+        assert torch.equal(first[key], again[key]), (
             f"loss()[{key!r}] differs under the same torch.manual_seed: draw noise from torch's "
             "global RNG (generator=None), not from a generator or RNG of your own")
+    sample = obj.eval().sample
+    stochastic = not torch.equal(sample(cond, generator=torch.Generator().manual_seed(0), steps=2),
+                                 sample(cond, generator=torch.Generator().manual_seed(1), steps=2))
+    assert not stochastic or not torch.equal(first["loss"], other["loss"]), (
+        "sample() is random but loss() is the same under another torch.manual_seed: it draws "
+        "the same noise at every step (a generator of its own?); use torch's global RNG")
 
 
 def gradients_reach_every_parameter(cls, world=None):
@@ -179,7 +188,11 @@ def sample_with_a_generator_per_row(cls, world=None):
     obj = tiny_objective(cls).eval()
     cond, _ = _inputs(obj, 3)
     seeds = [11, 22, 33]
-    batch = obj.sample(cond, generator=generators(seeds), steps=2)
+    try:
+        batch = obj.sample(cond, generator=generators(seeds), steps=2)
+    except TypeError as err:
+        raise AssertionError(f"sample() fails on a list of generators ({str(err).splitlines()[0]}): "
+                             "draw noise with self.randn / self.rand (ablate.rng.draw)") from err
     assert tuple(batch.shape) == (3, *obj.target_shape), f"sample() shape {tuple(batch.shape)}"
     assert torch.isfinite(batch).all(), "sample() is not finite"
     for i in (0, 2):

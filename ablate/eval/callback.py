@@ -69,6 +69,14 @@ def run_metrics(module, run: RunConfig, step: int, run_dir: Path, metrics=None) 
     return values
 
 
+def exception_line(trace: str) -> str:
+    """``Type: message`` of a formatted traceback (the message's first line)."""
+    lines = trace.strip().splitlines()
+    frames = [i for i, line in enumerate(lines) if line.startswith("  File ")]
+    after = lines[frames[-1] + 1:] if frames else lines
+    return next((line for line in after if line and not line.startswith(" ")), lines[-1] if lines else "")
+
+
 def record_eval_errors(run_dir: Path, step: int, values: dict[str, float]) -> None:
     """Failed metrics also go to status.json (``eval_errors: {label: {steps, error}}``), so a
     run that finished says that its evaluation did not."""
@@ -80,10 +88,9 @@ def record_eval_errors(run_dir: Path, step: int, values: dict[str, float]) -> No
     errors = read_status(run_dir).get("eval_errors") or {}
     for label in failed:
         path = run_dir / "eval" / f"{step:07d}" / label / "error.txt"
-        lines = path.read_text().strip().splitlines() if path.is_file() else []
         entry = errors.setdefault(label, {"steps": []})
         entry["steps"] = sorted(set(entry["steps"]) | {step})
-        entry["error"] = lines[-1] if lines else "see the log"
+        entry["error"] = exception_line(path.read_text()) if path.is_file() else "see the log"
         entry["traceback"] = str(path)
     write_status(run_dir, eval_errors=errors)
 
