@@ -49,8 +49,9 @@ def run_metrics(module, run: RunConfig, step: int, run_dir: Path, metrics=None) 
                 save_samples(images, prompts, run_dir / "samples" / f"{step:07d}")
             except Exception as exn:  # noqa: BLE001 - a sampling failure must not stop training
                 log.error("step %d: sample images failed: %s", step, exn)
-                (run_dir / "eval" / f"{step:07d}" / "samples").mkdir(parents=True, exist_ok=True)
-                (run_dir / "eval" / f"{step:07d}" / "samples" / "error.txt").write_text(traceback.format_exc())
+                err_dir = run_dir / "eval" / f"{step:07d}" / "samples"  # for status.json's eval_errors
+                err_dir.mkdir(parents=True, exist_ok=True)
+                (err_dir / "error.txt").write_text(traceback.format_exc())
                 values["eval/error/samples"] = 1.0
             values["time/eval/samples"] = time.time() - start
         for label, metric in metrics if metrics is not None else build_metrics(e.metrics):

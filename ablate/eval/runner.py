@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ablate.config import ConfigError, EvalConfig, RunConfig, from_dict, to_dict
+from ablate.config import ConfigError, EvalConfig, RunConfig, check_samplers, from_dict, to_dict
 from ablate.eval.callback import build_metrics, run_metrics
 from ablate.eval.sampling import ImageGenerator, sample_seed, save_samples
 
@@ -65,6 +65,7 @@ def evaluate_checkpoint(checkpoint: str, metrics: list[str] | None = None, overr
     if overrides:
         data = apply_overrides({"eval": to_dict(run.eval)}, overrides)
         run.eval = from_dict(EvalConfig, data["eval"], "eval")
+        check_samplers(run)
     specs = select_metrics(run, metrics)
     if not specs:
         raise ConfigError("no metrics to run: the run configures none under eval.metrics; "
