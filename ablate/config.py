@@ -329,6 +329,7 @@ class TrainConfig:
     # A non-finite loss or gradient: stop the run (failed, naming the step) or skip that
     # batch's update (counted in status.json's ``skipped``, like unreadable samples).
     on_nonfinite: Literal["stop", "skip_batch"] = "stop"
+    ema_decay: float | None = None  # EMA of the queries + head, used for eval/export; None: off
 
 
 @dataclass
@@ -400,6 +401,21 @@ def check_logger(logger: str) -> None:
                           f"installed: pip install 'ablate[{extra}]' (or choose csv / none)")
 
 
+def check_samplers(run: RunConfig) -> None:
+    """``eval.sampler`` and the objective's own ``sampler`` must be samplers it has."""
+    from ablate.registry import get_registry
+
+    cls, cfg = get_registry("objective").config(run.objective, "objective")
+    check = getattr(cls, "check_sampler", None)
+    for where, name in (("objective.sampler", getattr(cfg, "sampler", None)),
+                        ("eval.sampler", run.eval.sampler)):
+        try:
+            if check is not None:
+                check(name)
+        except ValueError as err:
+            raise ConfigError(f"{where}: {err}") from None
+
+
 def parse_run(data: dict, source: str = "<spec>") -> RunConfig:
     """Validate a run spec (already merged with overrides). Errors name ``source``."""
     try:
@@ -407,6 +423,10 @@ def parse_run(data: dict, source: str = "<spec>") -> RunConfig:
         check_logger(run.train.logger)
         check_plugin_spec("encoder", run.encoder, "encoder")
         check_plugin_spec("objective", run.objective, "objective")
+        check_samplers(run)
+        if run.train.ema_decay is not None and not 0 < run.train.ema_decay < 1:
+            raise ConfigError(f"train.ema_decay: {run.train.ema_decay} must be in (0, 1), "
+                              "e.g. 0.999, or null for no EMA")
         check_plugin_spec("dataset", run.data.train, "data.train")
         for i, metric in enumerate(run.eval.metrics):
             check_plugin_spec("metric", metric, f"eval.metrics[{i}]")

@@ -147,7 +147,8 @@ class AblationModule(L.LightningModule):
         state = checkpoint["state_dict"]
         for key in [k for k in state if k.startswith(FROZEN_PREFIXES)]:
             del state[key]
-        checkpoint["ablate"] = {"wall_time": self.wall_time(), "skipped": dict(self.skipped)}
+        checkpoint["ablate"] = {"wall_time": self.wall_time(), "skipped": dict(self.skipped),
+                                "target_shape": list(self.encoder.grid_shape)}  # for `ablate export`
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         extra = checkpoint.get("ablate", {})

@@ -233,6 +233,10 @@ def make_callbacks(run: RunConfig, run_dir: Path) -> list:
         from lightning.pytorch.callbacks import TQDMProgressBar
 
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, t.log_every_n_steps)))
+    if t.ema_decay is not None:  # before EvalCallback: an eval at step N sees the EMA of step N
+        from ablate.ema import EMA
+
+        callbacks.append(EMA(t.ema_decay))
     if run.eval.metrics or run.eval.every_n_steps:
         from ablate.eval.callback import EvalCallback
 
@@ -306,4 +310,7 @@ def fit(run: RunConfig, resume: bool = False, overwrite: bool = False,
                     sum(skipped.values()), skipped)
     write_status(run_dir, state="finished", step=trainer.global_step, skipped=skipped,
                  wall_time=module.wall_time())
+    if read_status(run_dir).get("eval_errors"):
+        log.warning("%s: finished, but evaluation failed: %s (status.json eval_errors)", run.name,
+                    {k: v["error"] for k, v in read_status(run_dir)["eval_errors"].items()})
     return run_dir

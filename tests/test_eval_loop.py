@@ -45,7 +45,11 @@ def evaluated_run(tiny_models, tiny_shards, tmp_path_factory):
 
 
 def test_eval_every_n_steps_lands_in_metrics_csv(evaluated_run):
-    assert read_status(evaluated_run)["state"] == "finished"  # a broken metric did not stop it
+    status = read_status(evaluated_run)
+    assert status["state"] == "finished"  # a broken metric did not stop it, but it says so:
+    assert status["eval_errors"]["broken"]["steps"] == [0, 2, 4]
+    assert status["eval_errors"]["broken"]["error"] == "RuntimeError: judge weights missing"
+    assert set(status["eval_errors"]) == {"broken"}
     metrics = pd.read_csv(evaluated_run / "metrics.csv")
     evals = metrics.dropna(subset=["test/feature_norm"])
     assert list(evals["step"]) == [0, 2, 4]
@@ -59,15 +63,18 @@ def test_eval_every_n_steps_lands_in_metrics_csv(evaluated_run):
 
 
 def test_eval_cli_appends_to_the_run(evaluated_run, capsys):
-    before = len(pd.read_csv(evaluated_run / "metrics.csv"))
+    old = pd.read_csv(evaluated_run / "metrics.csv")
+    in_training = old.dropna(subset=["test/feature_norm"])["test/feature_norm"].iloc[-1]
     assert main(["eval", str(evaluated_run), "--metrics", "norm,diversity"]) == 0
     out = capsys.readouterr().out
     assert "test/feature_norm" in out and "diversity/feature" in out
     after = pd.read_csv(evaluated_run / "metrics.csv")
-    assert len(after) == before + 1 and after["step"].iloc[-1] == 4
+    assert len(after) == len(old) + 1 and after["step"].iloc[-1] == 4
+    # step 4 was measured in training: the re-run's values replace those (one per step)
+    evals = after.dropna(subset=["test/feature_norm"])
+    assert list(evals["step"]) == [0, 2, 4]
     # the checkpoint reproduces the in-training number exactly (fixed seeds per sample)
-    last_train_eval = after.dropna(subset=["test/feature_norm"])["test/feature_norm"]
-    assert last_train_eval.iloc[-1] == pytest.approx(last_train_eval.iloc[-2], rel=1e-5)
+    assert evals["test/feature_norm"].iloc[-1] == pytest.approx(in_training, rel=1e-5)
 
 
 def test_sample_cli(evaluated_run, tmp_path, capsys):

@@ -1,9 +1,10 @@
-"""Objectives: a generic contract test over every registered objective, then closed-form
-checks of MSE and flow matching.
+"""Objectives: the generic contract over every registered objective (the checks of
+``ablate/plugin_check.py``, which ``ablate check-plugin`` runs on out-of-tree plugins), then
+closed-form checks of MSE and flow matching.
 
-Generic tests build each plugin small: a plugin may define a classmethod ``tiny_config()``
-returning a CPU-test-sized ``Config``; without one its default ``Config()`` is used. A new
-objective file is picked up here with no edit.
+Generic tests build each plugin small from its ``tiny_config()`` (its default ``Config()``
+when it has none). A new objective file is picked up here with no edit; the tiny fit + eval
+of each one is in tests/test_plugin_check.py.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ablate.config import ConfigError, from_dict
+from ablate import plugin_check
+from ablate.config import ConfigError, from_dict, parse_run
 from ablate.objectives.flow_matching import FlowMatching
 from ablate.objectives.mse import MSE
 from ablate.registry import get_registry
@@ -22,11 +24,11 @@ from ablate.registry import get_registry
 TARGET = (6, 4, 4)  # [C, h, w]
 COND_DIM = 12
 OBJECTIVES = get_registry("objective").items()
+UNIT_CHECKS = plugin_check.checks_for("objective", fit=False)
 
 
 def build(cls, target_shape=TARGET, cond_dim=COND_DIM, **overrides):
-    tiny = getattr(cls, "tiny_config", None)
-    cfg = tiny() if tiny is not None else (cls.Config() if cls.Config is not None else None)
+    cfg = cls.tiny_config()
     if overrides:
         cfg = dataclasses.replace(cfg, **overrides)
     n = cls.required_queries(cfg, target_shape) or 5
@@ -42,48 +44,117 @@ def batch(obj, b: int = 3):
 # --------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("check", UNIT_CHECKS, ids=lambda c: c.__name__)
 @pytest.mark.parametrize("name,cls", OBJECTIVES)
-def test_default_config_validates(name, cls):
-    _, cfg = get_registry("objective").config({"name": name})
-    assert cls.plugin_name == name and cfg is not None
-
-
-@pytest.mark.parametrize("name,cls", OBJECTIVES)
-def test_loss_is_a_finite_scalar(name, cls):
-    obj = build(cls)
-    out = obj.loss(*batch(obj))
-    assert "loss" in out and out["loss"].ndim == 0
-    for key, value in out.items():
-        assert torch.is_tensor(value) and value.ndim == 0 and torch.isfinite(value), key
+def test_contract(name, cls, check):
+    check(cls)
 
 
 @pytest.mark.parametrize("name,cls", OBJECTIVES)
-def test_gradients_reach_every_parameter(name, cls):
-    obj = build(cls)
-    # Zero-initialised heads (DiT's adaLN / output) get no gradient upstream of them on the
-    # very first step; shake the init so the check is about wiring, not about init.
-    with torch.no_grad():
-        for p in obj.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    obj.loss(*batch(obj, b=4))["loss"].backward()
-    params = [(n, p) for n, p in obj.named_parameters() if p.requires_grad]
-    assert params, "an objective should own a trainable head"
-    for n, p in params:
-        assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient reaches {n}"
+def test_spec_by_name_builds_the_plugin_config(name, cls):
+    """The registry reads YAML arguments into the plugin's own Config and refuses typos."""
+    tiny = cls.tiny_config()
+    got_cls, cfg = get_registry("objective").config({"name": name, **dataclasses.asdict(tiny)})
+    assert got_cls is cls and cls.plugin_name == name and cfg == tiny
+    with pytest.raises(ConfigError, match=r"objective\.no_such_key: unknown key; valid keys: \["):
+        get_registry("objective").config({"name": name, "no_such_key": 1}, "objective")
 
 
-@pytest.mark.parametrize("name,cls", OBJECTIVES)
-def test_sample_shape_finite_and_seeded(name, cls):
-    obj = build(cls)
-    obj.eval()
-    cond, _ = batch(obj, b=2)
+def test_samples_per_row_generators_match_ablate_rng():
+    """A list of generators: row i is exactly what generator i alone draws."""
+    obj = build(FlowMatching).eval()
+    obj.velocity = lambda x, t, cond, guidance=1.0: torch.zeros_like(x)
+    cond = torch.randn(2, 5, COND_DIM)
+    x = obj.sample(cond, generator=plugin_check.generators([4, 9]), steps=2)
+    for i, seed in enumerate((4, 9)):
+        torch.testing.assert_close(x[i], torch.randn(TARGET, generator=torch.Generator().manual_seed(seed)))
 
-    def draw(seed):
-        return obj.sample(cond, generator=torch.Generator().manual_seed(seed), steps=2)
 
-    x = draw(0)
-    assert x.shape == (2, *TARGET) and torch.isfinite(x).all()
-    assert torch.equal(x, draw(0))
+def test_contract_checks_catch_a_list_unaware_sampler():
+    class ListUnaware(FlowMatching):
+        @torch.no_grad()
+        def sample(self, cond, generator=None, steps=None, guidance=None, sampler=None):
+            return torch.randn((cond.shape[0], *self.target_shape), generator=generator)
+
+    plugin_check.sample_with_one_generator(ListUnaware)  # what the old generic test called
+    with pytest.raises(AssertionError, match="fails on a list of generators.*self.randn"):
+        plugin_check.sample_with_a_generator_per_row(ListUnaware)
+
+
+def test_contract_checks_catch_a_loss_with_its_own_rng():
+    import random
+
+    class PythonRNG(MSE):  # python's random is not reseeded per step: resume is not exact
+        def loss(self, cond, target):
+            return super().loss(cond, target + random.random())
+
+    with pytest.raises(AssertionError, match="differs under the same torch.manual_seed"):
+        plugin_check.loss_draws_from_the_global_rng(PythonRNG)
+
+    class FixedNoise(FlowMatching):  # the same noise at every step
+        @classmethod
+        def tiny_config(cls):  # no condition dropout: only the noise could vary
+            return dataclasses.replace(FlowMatching.tiny_config(), cond_dropout=0.0)
+
+        def sample_noise(self, target, generator=None):
+            return torch.randn(target.shape, generator=torch.Generator().manual_seed(0))
+
+        def sample_time(self, batch, device, generator=None):
+            return torch.full((batch,), 0.5)
+
+    with pytest.raises(AssertionError, match="same under another torch.manual_seed"):
+        plugin_check.loss_draws_from_the_global_rng(FixedNoise)
+
+
+def test_samplers_are_declared_and_validated_in_the_spec():
+    assert FlowMatching.samplers() == ["euler", "heun"] and MSE.samplers() == []
+    spec = {"backbone": {"model": "/nonexistent"}, "encoder": {"name": "vae", "model": "/nonexistent"},
+            "objective": {"name": "flow_matching"}, "eval": {"sampler": "dpm"}}
+    with pytest.raises(ConfigError, match=r"eval\.sampler: 'dpm' is not a sampler of objective "
+                                          r"'flow_matching'; choose one of \['euler', 'heun'\]"):
+        parse_run(spec)
+    spec.update(objective={"name": "mse"}, eval={"sampler": "euler"})
+    with pytest.raises(ConfigError, match="eval.sampler: 'euler' .* 'mse'; it is deterministic"):
+        parse_run(spec)
+    spec["eval"] = {"sampler": None}
+    assert parse_run(spec).eval.sampler is None
+
+
+def test_a_subclass_adds_a_sampler_without_overriding_sample():
+    from ablate.objectives import sampler
+
+    calls = []
+
+    class Counting(FlowMatching):
+        @sampler("counting")
+        def counting_step(self, x, t, t_next, cond, guidance=1.0):
+            calls.append(float(t))
+            return self.euler_step(x, t, t_next, cond, guidance)
+
+    assert Counting.samplers() == ["counting", "euler", "heun"]
+    obj = build(Counting).eval()
+    cond = torch.randn(2, 5, COND_DIM)
+    gen = plugin_check.generators([1, 2])
+    out = obj.sample(cond, generator=gen, steps=3, sampler="counting")
+    assert len(calls) == 3
+    torch.testing.assert_close(out, obj.sample(cond, generator=plugin_check.generators([1, 2]), steps=3,
+                                               sampler="euler"))
+    Counting(dataclasses.replace(Counting.tiny_config(), sampler="counting"), cond_dim=COND_DIM,
+             num_queries=5, target_shape=TARGET)  # the config's default sampler may be the new one
+    with pytest.raises(ValueError, match=r"'rk4' is not a sampler.*\['counting', 'euler', 'heun'\]"):
+        build(Counting, sampler="rk4")
+
+
+def test_x1_mse_is_logged_only_on_the_linear_path():
+    assert "x1_mse" in build(FlowMatching).loss(*batch(build(FlowMatching)))
+
+    class Cosine(FlowMatching):  # another path, same clean estimate: x1_mse would be wrong
+        def interpolant(self, x0, x1, t):
+            a = torch.sin(t * torch.pi / 2).view(-1, 1, 1, 1)
+            return a * x1 + (1 - a) * x0
+
+    obj = build(Cosine)
+    assert "x1_mse" not in obj.loss(*batch(obj))
 
 
 # --------------------------------------------------------------------------------------
@@ -162,8 +233,9 @@ def test_guidance_formula():
     v_c = obj.net(x, t, cond)
     v_u = obj.net(x, t, torch.zeros_like(cond))
     assert not torch.allclose(v_c, v_u)
+    # (batched vs separate forward passes round differently: 1e-5 was flaky)
     torch.testing.assert_close(obj.velocity(x, t, cond, guidance=3.0), v_u + 3.0 * (v_c - v_u),
-                               atol=1e-5, rtol=1e-5)
+                               atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(obj.velocity(x, t, cond, guidance=1.0), v_c)
 
 
@@ -217,10 +289,10 @@ def test_flow_matching_loss_is_the_velocity_mse():
 def test_flow_matching_config_and_checkpointing():
     with pytest.raises(ConfigError, match="cond_dropout"):
         from_dict(FlowMatching.Config, {"cond_dropout": 1.5}, "objective")
-    with pytest.raises(ConfigError, match="sampler"):
-        from_dict(FlowMatching.Config, {"sampler": "rk4"}, "objective")
+    with pytest.raises(ValueError, match="'rk4' is not a sampler of objective 'flow_matching'"):
+        build(FlowMatching, sampler="rk4")
     obj = build(FlowMatching)
     obj.gradient_checkpointing = True
     assert obj.net.gradient_checkpointing
-    with pytest.raises(ValueError, match="unknown sampler"):
+    with pytest.raises(ValueError, match="'rk4' is not a sampler"):
         obj.sample(torch.randn(1, 5, COND_DIM), sampler="rk4")

@@ -6,7 +6,10 @@ An encoder maps pixels to the target grid ``X`` and back:
   features ``[B, C, h, w]`` (``self.grid_shape == (C, h, w)``, known before any data);
 - ``decode(features, generator=None)`` -> pixels in [-1, 1] through its decoder.
 
-Encoders are frozen: they never train inside a run.
+Encoders are frozen: they never train inside a run. ``decode``'s ``generator`` is, as for
+objectives, None, one generator or a list of one per row (evaluation passes the list).
+``tiny_config(root)`` returns a CPU-sized ``Config`` (building tiny weights under ``root``)
+so the generic tests and ``ablate check-plugin`` can fit and evaluate the encoder.
 """
 
 from __future__ import annotations
@@ -21,6 +24,11 @@ class Encoder(nn.Module):
 
     resolution: int
     grid_shape: tuple[int, int, int]
+
+    @classmethod
+    def tiny_config(cls, root):
+        """A CPU-sized ``Config`` whose weights are built under ``root``; None: not checkable."""
+        return None
 
     @property
     def num_tokens(self) -> int:

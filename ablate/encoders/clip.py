@@ -56,6 +56,17 @@ class CLIPEncoder(Encoder):
         decode_size: int | None = None  # output pixels; default: ``resolution``
         dtype: str = "float32"
 
+    @classmethod
+    def tiny_config(cls, root) -> Config:
+        from pathlib import Path
+
+        from ablate.testing import tiny_clip, tiny_clip_decoder
+
+        root = Path(root)
+        return cls.Config(model=str(tiny_clip(root / "clip", image_size=32, patch=4, hidden=32)), grid=4,
+                          decoder=str(tiny_clip_decoder(root / "decoder", cross_attention_dim=32)),
+                          decoder_steps=2)
+
     def __init__(self, cfg: Config):
         super().__init__()
         self.cfg = cfg

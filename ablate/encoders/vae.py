@@ -24,6 +24,12 @@ class VAEEncoder(Encoder):
         sample_posterior: bool = False  # False: the posterior mean (deterministic targets)
         dtype: str = "float32"
 
+    @classmethod
+    def tiny_config(cls, root) -> Config:
+        from ablate.testing import tiny_vae
+
+        return cls.Config(model=str(tiny_vae(root)), subfolder=None, resolution=16)
+
     def __init__(self, cfg: Config):
         super().__init__()
         from diffusers import AutoencoderKL

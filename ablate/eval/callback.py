@@ -16,6 +16,7 @@ from pathlib import Path
 import lightning as L
 
 from ablate.config import RunConfig
+from ablate.ema import ema_weights
 from ablate.eval.sampling import ImageGenerator, save_samples
 from ablate.registry import get_registry
 
@@ -49,6 +50,9 @@ def run_metrics(module, run: RunConfig, step: int, run_dir: Path, metrics=None) 
                 save_samples(images, prompts, run_dir / "samples" / f"{step:07d}")
             except Exception as exn:  # noqa: BLE001 - a sampling failure must not stop training
                 log.error("step %d: sample images failed: %s", step, exn)
+                err_dir = run_dir / "eval" / f"{step:07d}" / "samples"  # for status.json's eval_errors
+                err_dir.mkdir(parents=True, exist_ok=True)
+                (err_dir / "error.txt").write_text(traceback.format_exc())
                 values["eval/error/samples"] = 1.0
             values["time/eval/samples"] = time.time() - start
         for label, metric in metrics if metrics is not None else build_metrics(e.metrics):
@@ -76,6 +80,32 @@ def logged_eval_steps(run_dir: Path) -> set[int]:
         return {int(float(r["step"])) for r in csv.DictReader(f) if r.get("time/eval") and r.get("step")}
 
 
+def exception_line(trace: str) -> str:
+    """``Type: message`` of a formatted traceback (the message's first line)."""
+    lines = trace.strip().splitlines()
+    frames = [i for i, line in enumerate(lines) if line.startswith("  File ")]
+    after = lines[frames[-1] + 1:] if frames else lines
+    return next((line for line in after if line and not line.startswith(" ")), lines[-1] if lines else "")
+
+
+def record_eval_errors(run_dir: Path, step: int, values: dict[str, float]) -> None:
+    """Failed metrics also go to status.json (``eval_errors: {label: {steps, error}}``), so a
+    run that finished says that its evaluation did not."""
+    failed = [k.removeprefix("eval/error/") for k in values if k.startswith("eval/error/")]
+    if not failed:
+        return
+    from ablate.train import read_status, write_status
+
+    errors = read_status(run_dir).get("eval_errors") or {}
+    for label in failed:
+        path = run_dir / "eval" / f"{step:07d}" / label / "error.txt"
+        entry = errors.setdefault(label, {"steps": []})
+        entry["steps"] = sorted(set(entry["steps"]) | {step})
+        entry["error"] = exception_line(path.read_text()) if path.is_file() else "see the log"
+        entry["traceback"] = str(path)
+    write_status(run_dir, eval_errors=errors)
+
+
 class EvalCallback(L.Callback):
     def __init__(self, run: RunConfig, run_dir: Path):
         self.run = run
@@ -90,7 +120,9 @@ class EvalCallback(L.Callback):
         self.last_step = step
         if trainer.is_global_zero:
             start = time.time()
-            values = run_metrics(module, self.run, step, self.run_dir, self.metrics)
+            with ema_weights(trainer, module):  # the EMA's weights when train.ema_decay is set
+                values = run_metrics(module, self.run, step, self.run_dir, self.metrics)
+            record_eval_errors(self.run_dir, step, values)
             values["time/eval"] = time.time() - start
             values["time/wall"] = module.wall_time()
             shown = {k: round(v, 4) for k, v in values.items() if not k.startswith("time/")}

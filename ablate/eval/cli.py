@@ -1,4 +1,4 @@
-"""``ablate eval`` and ``ablate sample``."""
+"""``ablate eval``, ``ablate sample``, ``ablate export`` and ``ablate check-plugin``."""
 
 from __future__ import annotations
 
@@ -41,6 +41,27 @@ def _sample(args) -> None:
     print(f"samples: {out}")
 
 
+def _export(args) -> None:
+    from ablate.export import export_checkpoint
+
+    out = export_checkpoint(args.checkpoint, args.out, ema=not args.no_ema)
+    print(f"exported: {out} (load with ablate.export.ExportedHead.from_pretrained)")
+
+
+def _check_plugin(args) -> int:
+    from ablate.plugin_check import TinyWorld, run_checks
+
+    def echo(result) -> None:
+        print(f"{'PASS' if result.ok else 'FAIL'}  {result.check}" + (f": {result.detail}" if result.detail else ""),
+              flush=True)
+
+    results = run_checks(args.plugin, fit=not args.no_fit, world=TinyWorld(args.workdir), echo=echo)
+    failed = [r.check for r in results if not r.ok]
+    print(f"{len(results) - len(failed)} of {len(results)} checks passed" +
+          (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
 def add_commands(sub) -> None:
     p = sub.add_parser("eval", help="run metrics on a checkpoint; append to its metrics.csv")
     p.add_argument("checkpoint", help="a .ckpt file or a run folder (uses its last.ckpt)")
@@ -60,3 +81,16 @@ def add_commands(sub) -> None:
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale")
     p.add_argument("--device", help="cpu | cuda (default: cuda when available)")
     p.set_defaults(func=_sample)
+
+    p = sub.add_parser("export", help="save a checkpoint's queries + head as a standalone folder")
+    p.add_argument("checkpoint", help="a .ckpt file or a run folder (uses its last.ckpt)")
+    p.add_argument("out", help="output folder: config.json + model.safetensors")
+    p.add_argument("--no-ema", action="store_true",
+                   help="export the trained weights even when the checkpoint holds an EMA")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("check-plugin", help="run the plugin contract checks on an objective or encoder")
+    p.add_argument("plugin", help="dotted class path (mypkg.losses.MyObjective) or a registered name")
+    p.add_argument("--no-fit", action="store_true", help="skip the tiny fit + eval (the slow check)")
+    p.add_argument("--workdir", help="folder for the tiny models and runs (default: a temp folder)")
+    p.set_defaults(func=_check_plugin)

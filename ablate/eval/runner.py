@@ -8,13 +8,15 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ablate.config import ConfigError, EvalConfig, RunConfig, from_dict, to_dict
+from ablate.config import ConfigError, EvalConfig, RunConfig, check_samplers, from_dict, to_dict
 from ablate.eval.callback import build_metrics, run_metrics
 from ablate.eval.sampling import ImageGenerator, sample_seed, save_samples
 
 
-def load_checkpoint(path: str | Path, device: str | None = None):
-    """(module, run_dir, step) for a checkpoint file or a run folder (its last.ckpt)."""
+def load_checkpoint(path: str | Path, device: str | None = None, ema: bool = True):
+    """(module, run_dir, step) for a checkpoint file or a run folder (its last.ckpt); with
+    ``ema``, the trainable weights are the checkpoint's EMA when it has one."""
+    from ablate.ema import apply_ema
     from ablate.module import AblationModule
 
     path = Path(path)
@@ -24,7 +26,9 @@ def load_checkpoint(path: str | Path, device: str | None = None):
         raise FileNotFoundError(f"{path}: no such checkpoint (give a .ckpt file or a run folder)")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     module = AblationModule.load(str(path), map_location=device).to(device).eval()
-    step = torch.load(path, map_location="cpu", weights_only=False)["global_step"]
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    module.uses_ema = apply_ema(module, checkpoint) if ema else False
+    step = checkpoint["global_step"]
     return module, path.parent.parent, step
 
 
@@ -38,9 +42,13 @@ def select_metrics(run: RunConfig, names: list[str] | None) -> list[dict]:
 
 
 def append_metrics(run_dir: Path, step: int, values: dict[str, float]) -> None:
-    """Add one row to metrics.csv (new columns allowed), atomically."""
+    """Add one row to metrics.csv (new columns allowed), atomically. Values measured again
+    at a step replace that step's old ones (blanked in the earlier rows)."""
     path = run_dir / "metrics.csv"
     old = pd.read_csv(path) if path.is_file() else pd.DataFrame()
+    if not old.empty:
+        again = [k for k in values if k in old.columns]
+        old.loc[old["step"] == step, again] = float("nan")
     row = pd.DataFrame([{"step": step, **values}])
     table = pd.concat([old, row], ignore_index=True)
     tmp = path.with_suffix(".csv.tmp")
@@ -57,6 +65,7 @@ def evaluate_checkpoint(checkpoint: str, metrics: list[str] | None = None, overr
     if overrides:
         data = apply_overrides({"eval": to_dict(run.eval)}, overrides)
         run.eval = from_dict(EvalConfig, data["eval"], "eval")
+        check_samplers(run)
     specs = select_metrics(run, metrics)
     if not specs:
         raise ConfigError("no metrics to run: the run configures none under eval.metrics; "

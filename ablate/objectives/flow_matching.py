@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ablate.config import limits
 from ablate.nets.dit import DiT, DiTConfig
-from ablate.objectives import Objective
+from ablate.objectives import Objective, sampler
 from ablate.registry import register
 from ablate.rng import draw
 
@@ -66,7 +66,7 @@ class FlowMatching(Objective):
         # Sampling defaults (sample() arguments override them)
         sample_steps: int = field(default=30, metadata=limits(1))
         guidance: float = 3.0
-        sampler: Literal["euler", "heun"] = "euler"
+        sampler: str = "euler"  # a name in FlowMatching.samplers() (subclasses may add some)
 
         def __post_init__(self):
             if not 0.0 <= self.cond_dropout < 1.0:
@@ -81,6 +81,7 @@ class FlowMatching(Objective):
     def __init__(self, cfg: Config, *, cond_dim: int, num_queries: int,
                  target_shape: tuple[int, int, int]):
         super().__init__(cfg, cond_dim=cond_dim, num_queries=num_queries, target_shape=target_shape)
+        self.check_sampler(cfg.sampler)
         self.net = self.build_net(cfg, self.target_shape, cond_dim)
 
     def build_net(self, cfg: Config, target_shape: tuple[int, int, int], cond_dim: int) -> torch.nn.Module:
@@ -131,6 +132,17 @@ class FlowMatching(Objective):
     def target_velocity(self, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return x1 - x0  # d/dt of the linear interpolant; t unused, kept for other paths
 
+    def clean_estimate(self, xt: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """x1 from x_t and a velocity, on the linear path (what ``train/x1_mse`` measures)."""
+        return xt + _bcast(1 - t, xt) * v
+
+    def _logs_x1_mse(self) -> bool:
+        """A subclass that changes the path but not ``clean_estimate`` would log a wrong x1_mse."""
+        cls = type(self)
+        same = [getattr(cls, n) is getattr(FlowMatching, n)
+                for n in ("interpolant", "target_velocity", "clean_estimate")]
+        return not same[2] or (same[0] and same[1])
+
     def drop_condition(self, cond: torch.Tensor, generator=None):
         """Zero whole query sequences with prob ``cond_dropout`` (training only).
         Returns (cond, dropped [B] bool)."""
@@ -161,9 +173,11 @@ class FlowMatching(Objective):
         v_cond, v_uncond = both.chunk(2)
         return v_uncond + guidance * (v_cond - v_uncond)
 
+    @sampler("euler")
     def euler_step(self, x, t, t_next, cond, guidance: float = 1.0):
         return x + (t_next - t) * self.velocity(x, t, cond, guidance)
 
+    @sampler("heun")
     def heun_step(self, x, t, t_next, cond, guidance: float = 1.0):
         """Trapezoid rule with an Euler predictor: exact when v is linear in t alone."""
         dt = t_next - t
@@ -186,11 +200,11 @@ class FlowMatching(Objective):
         v = self.target_velocity(x0, x1, t)
         cond, dropped = self.drop_condition(cond, generator)
         pred = self._net(xt, t, cond)
-        loss = F.mse_loss(pred, v)
-        with torch.no_grad():  # the clean estimate's error is easier to read than the loss
-            x1_hat = xt + _bcast(1 - t, xt) * pred
-            x1_mse = F.mse_loss(x1_hat, x1)
-        return {"loss": loss, "x1_mse": x1_mse, "cond_dropped": dropped.float().mean()}
+        out = {"loss": F.mse_loss(pred, v), "cond_dropped": dropped.float().mean()}
+        if self._logs_x1_mse():  # the clean estimate's error is easier to read than the loss
+            with torch.no_grad():
+                out["x1_mse"] = F.mse_loss(self.clean_estimate(xt, t, pred), x1)
+        return out
 
     @torch.no_grad()
     def sample(self, cond: torch.Tensor, generator: torch.Generator | None = None,
@@ -198,10 +212,7 @@ class FlowMatching(Objective):
                sampler: str | None = None) -> torch.Tensor:
         steps = self.cfg.sample_steps if steps is None else steps
         guidance = self.cfg.guidance if guidance is None else guidance
-        sampler = sampler or self.cfg.sampler
-        step = {"euler": self.euler_step, "heun": self.heun_step}.get(sampler)
-        if step is None:
-            raise ValueError(f"unknown sampler {sampler!r}; choose 'euler' or 'heun'")
+        step = self.sampler_step(sampler or self.cfg.sampler)
         x = _random("randn", (cond.shape[0], *self.target_shape), cond.device, generator=generator)
         times = self.time_grid(steps, cond.device)
         for t, t_next in pairwise(times):

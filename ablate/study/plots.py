@@ -4,6 +4,10 @@ One panel per metric, one line per cell (the mean over its seeds, with a shaded 
 ±std band), against training steps (``curves_step.png/.pdf``) and wall-clock time
 (``curves_wall.png/.pdf``). Each cell keeps its colour in every panel and figure. Plus
 ``final_table.csv`` / ``final_table.md``: per cell and metric, the last and the best value.
+
+Titles, directions (the arrow) and units come from the metric plugins' declared ``keys``
+(``ablate.eval.metrics.Key``). A loss is each objective's own quantity: when the study has
+several objectives it gets one panel per objective, never one ranking across them.
 """
 
 from __future__ import annotations
@@ -20,15 +24,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ablate.config import ConfigError  # noqa: E402
-from ablate.study.results import collect, final_table, lower_is_better, markdown_table, metric_columns  # noqa: E402
+from ablate.eval.metrics import Key  # noqa: E402
+from ablate.study.results import (  # noqa: E402
+    collect,
+    describe_columns,
+    final_table,
+    markdown_table,
+    metric_columns,
+    run_configs,
+)
 from ablate.train import writable_dir  # noqa: E402
 
 log = logging.getLogger("ablate.plot")
 
 DEFAULT_METRICS = ["fid/overall", "geneval/overall", "dpg/overall", "diversity/*", "train/loss"]
-TITLES = {"fid/overall": "FID on MJHQ-30k", "geneval/overall": "GenEval overall",
-          "dpg/overall": "DPG-Bench score", "train/loss": "training loss (smoothed)",
-          "diversity/feature": "diversity (target features)", "diversity/image": "diversity (images)"}
 X_LABELS = {"step": "training step"}
 
 
@@ -72,17 +81,32 @@ def cell_curve(runs: pd.DataFrame, metric: str, smooth: float) -> pd.DataFrame:
     return curve.dropna(subset=["mean"]).reset_index()
 
 
+def panels(frame: pd.DataFrame, metrics: list[str], keys: dict[str, Key],
+           objectives: dict[str, str]) -> list[tuple[str, str | None]]:
+    """(metric, objective or None) per panel: a metric not comparable across objectives gets
+    one panel per objective when the runs have several."""
+    present = list(dict.fromkeys(frame["run"].map(objectives).dropna()))
+    out = []
+    for m in metrics:
+        apart = not keys[m].comparable_across_objectives and len(present) > 1
+        out += [(m, o) for o in present] if apart else [(m, None)]
+    return out
+
+
 def draw(frame: pd.DataFrame, metrics: list[str], x: str, colours: dict, band: str = "minmax",
-         smooth: float = 0.6):
-    """The figure: one panel per metric, one line per cell."""
-    ncols = min(3, len(metrics))
-    nrows = -(-len(metrics) // ncols)
+         smooth: float = 0.6, keys: dict[str, Key] | None = None, objectives: dict[str, str] | None = None):
+    """The figure: one panel per metric (per objective for losses), one line per cell."""
+    keys = keys or describe_columns(metrics)
+    layout = panels(frame, metrics, keys, objectives or {})
+    ncols = min(3, len(layout))
+    nrows = -(-len(layout) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.3 * nrows), squeeze=False,
                              layout="constrained")
     scale, unit = _wall_unit(frame["time/wall"].max()) if x == "wall" else (1.0, "")
     handles = {}
-    for ax, metric in zip(axes.flat, metrics):
-        for cell, runs in frame.groupby("cell", sort=False):
+    for ax, (metric, objective) in zip(axes.flat, layout):
+        shown = frame if objective is None else frame[frame["run"].map(objectives) == objective]
+        for cell, runs in shown.groupby("cell", sort=False):
             curve = cell_curve(runs, metric, smooth)
             xs = curve["step"] if x == "step" else curve["wall"] / scale
             if curve.empty or xs.isna().all():
@@ -95,13 +119,14 @@ def draw(frame: pd.DataFrame, metrics: list[str], x: str, colours: dict, band: s
                 lo, hi = ((curve["min"], curve["max"]) if band == "minmax" else
                           (curve["mean"] - curve["std"], curve["mean"] + curve["std"]))
                 ax.fill_between(xs, lo, hi, color=colours[cell], alpha=0.18, lw=0)
-        arrow = "↓" if lower_is_better(metric) else "↑"
-        ax.set_title(f"{TITLES.get(metric, metric)} {arrow}", fontsize=11)
-        ax.set_ylabel(metric)
+        key = keys[metric]
+        arrow = {True: " ↑", False: " ↓"}.get(key.higher_is_better, "")
+        ax.set_title(key.title + (f" · {objective}" if objective else "") + arrow, fontsize=11)
+        ax.set_ylabel(key.unit or metric)
         ax.set_xlabel(X_LABELS.get(x, f"wall-clock time ({unit})"))
         ax.grid(alpha=0.3)
         ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4), useMathText=True)
-    for ax in list(axes.flat)[len(metrics):]:
+    for ax in list(axes.flat)[len(layout):]:
         ax.set_visible(False)
     seeded = frame.groupby("cell")["run"].nunique().max() > 1
     spread = {"minmax": "band: min-max over seeds", "std": "band: ±1 std over seeds"}.get(band, "")
@@ -123,19 +148,27 @@ def plot(results_dir: str | Path, metrics: list[str] | None = None, xs=("step", 
         writable_dir(results_dir, "plots and tables")
     frame = collect(results_dir)
     chosen = select_metrics(frame, metrics)
+    configs = run_configs(results_dir)
+    keys = describe_columns(chosen, configs.values())
+    objectives = {run: _objective_name(c) for run, c in configs.items()}
     colours = cell_colours(list(dict.fromkeys(frame["cell"])))
     out = {"summary": results_dir / "summary.csv"}
     for x in xs:
         if x == "wall" and ("time/wall" not in frame or frame["time/wall"].isna().all()):
             log.info("no time/wall column: skipped the wall-clock figure")
             continue
-        fig = draw(frame, chosen, x, colours, band, smooth)
+        fig = draw(frame, chosen, x, colours, band, smooth, keys, objectives)
         for ext in ("png", "pdf"):
             out[f"{x}.{ext}"] = results_dir / f"curves_{x}.{ext}"
             fig.savefig(out[f"{x}.{ext}"], dpi=200)
         plt.close(fig)
-    table = final_table(frame, chosen)
+    table = final_table(frame, chosen, keys)
     table.to_csv(results_dir / "final_table.csv", index=False)
-    (results_dir / "final_table.md").write_text(markdown_table(table))
+    (results_dir / "final_table.md").write_text(markdown_table(table, keys))
     out.update(table=results_dir / "final_table.csv", markdown=results_dir / "final_table.md")
     return out
+
+
+def _objective_name(config: dict) -> str | None:
+    spec = config.get("objective")
+    return spec.get("name") if isinstance(spec, dict) else spec

@@ -4,6 +4,10 @@ One row per run and logged step. Identity columns first (study, run, cell, seed,
 then the cell's axis values from its ``meta``), then ``step``, ``time/wall`` and every metric
 column of the runs' ``metrics.csv``. A step that logged training and evaluation in separate
 rows becomes one row; metrics not computed at a step are NaN.
+
+Which way a metric is better, its title and unit come from the metric plugin's own ``keys``
+(``ablate.eval.metrics.Key``), read with the run's metric config; the columns the harness
+logs itself (losses, times, errors) are declared here.
 """
 
 from __future__ import annotations
@@ -15,16 +19,66 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from ablate.eval.metrics import Key, fill
 from ablate.train import read_status
 
 log = logging.getLogger("ablate.results")
 
 ID_COLUMNS = ["study", "run", "cell", "seed", "state"]
-LOWER_IS_BETTER = ("fid*", "*loss*", "time/*", "eval/error/*")
+# What the harness logs itself; metric plugins declare their own keys.
+HARNESS_KEYS = (
+    Key("train/loss", "training loss (smoothed)", False, comparable_across_objectives=False),
+    Key("train/*", "{key}", None, comparable_across_objectives=False),  # the objective's extras
+    Key("time/*", "{key}", False, unit="s"),
+    Key("eval/error/*", "evaluation errors: {name}", False),
+)
 
 
-def lower_is_better(metric: str) -> bool:
-    return any(fnmatch.fnmatchcase(metric, p) for p in LOWER_IS_BETTER)
+def run_configs(results_dir: str | Path) -> dict[str, dict]:
+    """Each run's recorded config.yaml, by run name."""
+    out = {}
+    for path in sorted(Path(results_dir).glob("*/config.yaml")):
+        out[path.parent.name] = yaml.safe_load(path.read_text()) or {}
+    return out
+
+
+def _declared_metrics(configs) -> list[tuple[type, object]]:
+    """(metric class, its config) for every metric the runs configured, then every
+    registered metric with its defaults (for ``ablate eval --metrics`` of unconfigured ones)."""
+    from ablate.registry import get_registry
+
+    registry, out, seen = get_registry("metric"), [], set()
+    specs = [m for c in configs for m in ((c.get("eval") or {}).get("metrics") or [])]
+    for spec in specs + [{"name": name} for name in registry.names()]:
+        spec = {"name": spec} if isinstance(spec, str) else {k: v for k, v in spec.items() if k != "label"}
+        if yaml.safe_dump(spec) in seen:
+            continue
+        seen.add(yaml.safe_dump(spec))
+        try:
+            out.append(registry.config(spec, "eval.metrics"))
+        except Exception as exn:  # noqa: BLE001 - an unimportable plugin: its columns stay undeclared
+            try:
+                out.append((registry.get(spec["name"]), None))
+            except Exception:  # noqa: BLE001
+                log.info("metric %s: %s (its columns read as undeclared)", spec.get("name"), exn)
+    return out
+
+
+def describe_columns(columns, configs=()) -> dict[str, Key]:
+    """The ``Key`` (title, direction, unit) of each column; undeclared ones get a plain one."""
+    metrics = [(cls, cfg) for cls, cfg in _declared_metrics(list(configs)) if hasattr(cls, "describe")]
+    out = {}
+    for column in columns:
+        found = next(filter(None, (cls.describe(column, cfg) for cls, cfg in metrics)), None)
+        if found is None:
+            found = next((fill(k, column) for k in HARNESS_KEYS if fnmatch.fnmatchcase(column, k.pattern)),
+                         None)
+        out[column] = found or Key(column, column, None)
+    return out
+
+
+def better(key: Key) -> str:
+    return {True: "higher", False: "lower"}.get(key.higher_is_better, "higher (undeclared)")
 
 
 def run_dirs(results_dir: str | Path) -> list[Path]:
@@ -107,21 +161,23 @@ def metric_columns(frame: pd.DataFrame) -> list[str]:
             and pd.api.types.is_numeric_dtype(frame[c])]
 
 
-def final_table(frame: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
-    """Per cell and metric: the last and the best value (min for FID / losses, else max),
-    each the mean over the cell's seeds, with their std and the number of seeds."""
+def final_table(frame: pd.DataFrame, metrics: list[str], keys: dict[str, Key] | None = None) -> pd.DataFrame:
+    """Per cell and metric: the last and the best value (by the metric's declared direction;
+    max when undeclared), each the mean over the cell's seeds, with their std and the number
+    of seeds."""
+    keys = keys or describe_columns(metrics)
     long = (frame.melt(id_vars=["cell", "run", "step"], value_vars=metrics, var_name="metric")
             .dropna(subset=["value"]).sort_values("step", kind="stable"))
     per_run = long.groupby(["cell", "run", "metric"], sort=False).agg(
         last=("value", "last"), last_step=("step", "last"), low=("value", "min"),
         high=("value", "max")).reset_index()
-    lower = per_run["metric"].map(lower_is_better)
+    lower = per_run["metric"].map(lambda m: keys[m].higher_is_better is False)
     per_run["best"] = per_run["low"].where(lower, per_run["high"])
     table = per_run.groupby(["cell", "metric"], sort=False).agg(
         last=("last", "mean"), last_std=("last", "std"), best=("best", "mean"),
         best_std=("best", "std"), last_step=("last_step", "max"), seeds=("run", "nunique"))
     table = table.reset_index()
-    table.insert(2, "better", table["metric"].map(lambda m: "lower" if lower_is_better(m) else "higher"))
+    table.insert(2, "better", table["metric"].map(lambda m: better(keys[m])))
     cells = list(dict.fromkeys(frame["cell"]))
     table["cell"] = pd.Categorical(table["cell"], cells, ordered=True)
     table["metric"] = pd.Categorical(table["metric"], metrics, ordered=True)
@@ -134,7 +190,7 @@ def _fmt(mean: float, std: float) -> str:
     return f"{mean:.4g} ± {std:.2g}" if pd.notna(std) else f"{mean:.4g}"
 
 
-def markdown_table(table: pd.DataFrame) -> str:
+def markdown_table(table: pd.DataFrame, keys: dict[str, Key] | None = None) -> str:
     """Cells as rows, ``<metric> last`` / ``<metric> best`` as columns (mean ± std over seeds).
     (``DataFrame.to_markdown`` needs the optional tabulate package; this is the small part.)"""
     metrics = list(dict.fromkeys(table["metric"].astype(str)))
@@ -147,8 +203,12 @@ def markdown_table(table: pd.DataFrame) -> str:
             r = by_metric.get(m)
             row += [_fmt(r.last, r.last_std), _fmt(r.best, r.best_std)] if r else ["–", "–"]
         lines.append("| " + " | ".join(row) + " |")
-    arrows = ", ".join(f"{m} ({'lower' if lower_is_better(m) else 'higher'} is better)" for m in metrics)
-    return "\n".join(lines) + f"\n\nBest: {arrows}. Values: mean ± std over seeds.\n"
+    direction = dict(zip(table["metric"].astype(str), table["better"]))
+    arrows = ", ".join(f"{m} ({direction[m]} is better)" for m in metrics)
+    apart = [m for m in metrics if keys and m in keys and not keys[m].comparable_across_objectives]
+    note = (f" {', '.join(apart)}: each objective's own loss, not comparable across objectives."
+            if apart else "")
+    return "\n".join(lines) + f"\n\nBest: {arrows}. Values: mean ± std over seeds.{note}\n"
 
 
 def final_value(run_dir: Path, metric: str) -> float:

@@ -14,9 +14,9 @@ from typing import Literal
 
 import torch
 
+from ablate.eval.metrics import Key, Metric
 from ablate.eval.scorers.diversity import diversity
 from ablate.eval.scorers.fid import FIDSettings, build_feature_extractor
-from ablate.eval.metrics import Metric
 from ablate.registry import register
 
 DEFAULT_PROMPTS = [
@@ -29,6 +29,11 @@ DEFAULT_PROMPTS = [
 
 @register("metric", "diversity")
 class DiversityMetric(Metric):
+    keys = (Key("diversity/feature", "diversity (target features)", higher_is_better=True,
+                unit="mean pairwise {distance} distance"),
+            Key("diversity/image", "diversity (images)", higher_is_better=True,
+                unit="mean pairwise {distance} distance"))
+
     @dataclass
     class Config:
         prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))

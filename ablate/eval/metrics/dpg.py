@@ -12,14 +12,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ablate.eval.scorers.dpg import IMAGES_PER_PROMPT, evaluate_folder, read_dpg_bench, tile_2x2
-from ablate.eval.metrics import Metric
+from ablate.eval.metrics import Key, Metric
 from ablate.eval.sampling import sample_seed
+from ablate.eval.scorers.dpg import IMAGES_PER_PROMPT, evaluate_folder, read_dpg_bench, tile_2x2
 from ablate.registry import get_registry, register
 
 
 @register("metric", "dpg")
 class DPGMetric(Metric):
+    keys = (Key("dpg/overall", "DPG-Bench score", higher_is_better=True, unit="score (%)"),
+            Key("dpg/*", "DPG-Bench: {name}", higher_is_better=True, unit="score (%)"))
+
     @dataclass
     class Config:
         bench_dir: str = "data/dpg_bench"  # holds dpg_bench.csv and prompts/<item_id>.txt

@@ -20,6 +20,8 @@ from typing import Literal
 import numpy as np
 import torch
 
+from ablate.eval.metrics import Key, Metric
+from ablate.eval.sampling import sample_seed
 from ablate.eval.scorers.fid import (
     FIDSettings,
     build_feature_extractor,
@@ -29,17 +31,18 @@ from ablate.eval.scorers.fid import (
     reference_features,
     select_subset,
 )
-from ablate.eval.metrics import Metric
-from ablate.eval.sampling import sample_seed
 from ablate.registry import register
 
 
 @register("metric", "fid")
 class FIDMetric(Metric):
+    keys = (Key("fid/overall", "FID on {dataset_name}", higher_is_better=False, unit="FID"),
+            Key("fid/*", "FID on {dataset_name}: {name}", higher_is_better=False, unit="FID"))
+
     @dataclass
     class Config:
         data_dir: str = "data/mjhq-30k"  # meta_data.json + <category>/<id>.jpg
-        dataset_name: str = "mjhq-30k"  # names the reference cache files
+        dataset_name: str | None = None  # names the reference cache and the plot; default: data_dir's name
         subset_size: int | None = None  # stratified per category; None: every image
         subset_seed: int = 0
         resolution: int = 256  # MetaQuery: 256; Playground: 1024
@@ -50,6 +53,10 @@ class FIDMetric(Metric):
         batch_size: int = 16  # prompts per generator call and images per feature batch
         device: str = "auto"  # for the feature extractor
         keep_images: int = 8  # generated images saved under <out_dir>/fid/samples
+
+        def __post_init__(self):
+            if self.dataset_name is None:  # the plot's title names the data actually used
+                self.dataset_name = Path(self.data_dir).name
 
     def __init__(self, cfg: Config | None = None):
         super().__init__(cfg or self.Config())

@@ -21,13 +21,16 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ablate.eval.metrics import Key, Metric
 from ablate.eval.scorers.geneval import generate_layout, judge_layout, load_metadata, subset_indices
-from ablate.eval.metrics import Metric
 from ablate.registry import get_registry, register
 
 
 @register("metric", "geneval")
 class GenEvalMetric(Metric):
+    keys = (Key("geneval/overall", "GenEval overall", higher_is_better=True, unit="fraction correct"),
+            Key("geneval/*", "GenEval: {name}", higher_is_better=True, unit="fraction correct"))
+
     @dataclass
     class Config:
         prompts: str  # GenEval metadata jsonl (the official evaluation_metadata.jsonl)
