@@ -267,11 +267,11 @@ def check_trials(ostudy: optuna.Study, results: Path, trials: int) -> None:
 @pytest.mark.slow
 def test_two_sqlite_workers_make_exactly_n_trials(tiny_models, tiny_shards, tmp_path):
     path = write_spec(sweep_spec(tiny_models, tiny_shards, tmp_path), tmp_path / "sweep.yaml")
-    run_workers(path, 3)
+    run_workers(path, 2)
     from ablate.study.spec import load_study
     from ablate.study.sweep import open_study
 
-    check_trials(open_study(load_study(path)), tmp_path / "tiny", 3)
+    check_trials(open_study(load_study(path)), tmp_path / "tiny", 2)
 
 
 def _postgres(tmp: Path):
@@ -325,9 +325,9 @@ def test_two_postgres_workers_make_exactly_n_trials(tiny_models, tiny_shards, tm
             conn.execute("CREATE DATABASE ablate")
         url = f"postgresql://ablate@127.0.0.1:{port}/ablate"  # the README's form: no +driver
         path = write_spec(sweep_spec(tiny_models, tiny_shards, tmp_path), tmp_path / "sweep.yaml")
-        run_workers(path, 3, storage=url)
+        run_workers(path, 2, storage=url)
         ostudy = optuna.load_study(study_name="tiny", storage=url)
-        check_trials(ostudy, tmp_path / "tiny", 3)
+        check_trials(ostudy, tmp_path / "tiny", 2)
     finally:
         if stop:
             stop()
