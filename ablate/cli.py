@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Each of these modules adds its own subcommands with ``add_commands(subparsers)``.
 COMMAND_MODULES = ("ablate.eval.cli", "ablate.study.cli", "ablate.toy.cli", "ablate.toy.demo",
-                   "ablate.bench")
+                   "ablate.bench", "ablate.data.cache_cli")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -227,6 +227,9 @@ class DataConfig:
     batch_size: int = 16
     num_workers: int = 2
     shuffle_buffer: int = 1000  # samples held for shuffling (units are shuffled per epoch too)
+    prefetch_factor: int = 2  # batches each loader worker prepares ahead
+    cache: bool = True  # train on cached encoder features (ablate.data.cache), not pixels
+    cache_dir: str | None = None  # None: <results_dir>/.cache/features
 
 
 @dataclass
@@ -251,7 +254,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     logger: Literal["csv", "tensorboard", "wandb", "none"] = "csv"
     progress_bar: bool = True
-    compile: bool = False
+    compile: bool = False  # torch.compile the objective's net and the LM query pass
 
 
 @dataclass
