@@ -14,9 +14,9 @@ from typing import Literal
 
 import torch
 
+from ablate.eval.metrics import Metric
 from ablate.eval.scorers.diversity import diversity
 from ablate.eval.scorers.fid import FIDSettings, build_feature_extractor
-from ablate.eval.metrics import Metric
 from ablate.registry import register
 
 DEFAULT_PROMPTS = [

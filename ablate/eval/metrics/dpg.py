@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ablate.eval.scorers.dpg import IMAGES_PER_PROMPT, evaluate_folder, read_dpg_bench, tile_2x2
 from ablate.eval.metrics import Metric
 from ablate.eval.sampling import sample_seed
+from ablate.eval.scorers.dpg import IMAGES_PER_PROMPT, evaluate_folder, read_dpg_bench, tile_2x2
 from ablate.registry import get_registry, register
 
 

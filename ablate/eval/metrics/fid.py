@@ -20,6 +20,8 @@ from typing import Literal
 import numpy as np
 import torch
 
+from ablate.eval.metrics import Metric
+from ablate.eval.sampling import sample_seed
 from ablate.eval.scorers.fid import (
     FIDSettings,
     build_feature_extractor,
@@ -29,8 +31,6 @@ from ablate.eval.scorers.fid import (
     reference_features,
     select_subset,
 )
-from ablate.eval.metrics import Metric
-from ablate.eval.sampling import sample_seed
 from ablate.registry import register
 
 

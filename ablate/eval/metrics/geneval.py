@@ -21,8 +21,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ablate.eval.scorers.geneval import generate_layout, judge_layout, load_metadata, subset_indices
 from ablate.eval.metrics import Metric
+from ablate.eval.scorers.geneval import generate_layout, judge_layout, load_metadata, subset_indices
 from ablate.registry import get_registry, register
 
 

@@ -22,8 +22,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ablate.eval.scorers.fid import FIDSettings, extract_features
 from ablate.eval.sampling import sample_seed
+from ablate.eval.scorers.fid import FIDSettings, extract_features
 
 
 def mean_pairwise_distance(features: torch.Tensor, distance: Literal["l2", "cosine"] = "l2") -> float:
