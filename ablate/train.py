@@ -98,9 +98,15 @@ def build_train_loader(run: RunConfig, resolution: int, skip_batches: int = 0, c
 
 
 def write_status(run_dir: Path, **fields) -> None:
+    """Update status.json atomically; only the global-zero process of a multi-process run
+    writes it, through a temp file of its own (no two processes share a file)."""
+    from lightning.fabric.utilities.rank_zero import _get_rank
+
+    if (_get_rank() or 0) != 0:
+        return
     path = run_dir / "status.json"
     old = json.loads(path.read_text()) if path.is_file() else {}
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f".status.{os.getpid()}.tmp")
     tmp.write_text(json.dumps({**old, **fields}, indent=2))
     os.replace(tmp, path)
 

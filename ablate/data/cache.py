@@ -290,6 +290,10 @@ class LazyEncoder(torch.nn.Module):
             object.__setattr__(self, "_inner", encoder.to(self.device_probe.device))
         return self._inner
 
+    def unload(self) -> None:
+        """Drop the real encoder (``ablate bench`` after timing the uncached step)."""
+        object.__setattr__(self, "_inner", None)
+
     @property
     def num_tokens(self) -> int:
         return self.grid_shape[1] * self.grid_shape[2]
