@@ -6,8 +6,8 @@ samples/s, peak memory, the FLOPs of one training step as counted by
 ``torch.utils.flop_counter`` and, on a GPU, model FLOPs utilisation against the card's
 dense bf16 peak; the share of the step spent loading data, in the encoder, the LM query
 pass, the objective's head (forward + its backward), the query pass's backward and the
-optimizer. ``--baseline`` also measures, in the same process, from the same initial weights
-and on the same batches, the un-optimised step (no feature cache, no compile, the full
+optimizer. ``--baseline`` also measures, in the same process, from the same initial weights,
+on the same batches and interleaved step by step with it, the un-optimised step (no feature cache, no compile, the full
 ``[prompt; queries]`` LM pass): every speed-up is a ratio from one run, and the two loss
 curves are compared. ``--eval`` times one evaluation and reports it as a share of training
 time at the run's cadence. Figures only: nothing here asserts a target.
@@ -71,13 +71,13 @@ class Stepper:
     """One training step of ``module``, as Lightning's loop does it (autocast, backward,
     clipping, AdamW), optionally cut into timed parts."""
 
-    def __init__(self, module, run, dev: torch.device, optimized: bool):
+    def __init__(self, module, run, dev: torch.device, optimized: bool, full_prompt_pass: bool = True):
         from ablate.train import resolve_precision
 
         self.module, self.run, self.dev = module, run, dev
         self.autocast_on = resolve_precision(run.train.precision).startswith("bf16")
         self.opt = module.configure_optimizers()["optimizer"]
-        self.reuse_prompt = run.backbone.reuse_prompt_cache if optimized else False
+        self.reuse_prompt = run.backbone.reuse_prompt_cache and (optimized or not full_prompt_pass)
 
     def _autocast(self):
         return torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.autocast_on)
@@ -141,54 +141,98 @@ def _batches(run, resolution: int, cache, dev):
         yield batch
 
 
-def measure(module, run, dev, optimized: bool, cache, steps: int, warmup: int, initial: dict) -> dict:
-    """Figures of one path (optimised or baseline) from the ``initial`` trainable weights."""
-    from torch.utils.flop_counter import FlopCounterMode
+class StepPath:
+    """One way of taking the step (optimised or baseline), with its own optimizer, weights,
+    batches and figures, so that several can be interleaved step by step."""
 
-    module.load_state_dict(initial, strict=False)
-    stepper = Stepper(module, run, dev, optimized)
-    batches = _batches(run, module.encoder.resolution, cache if optimized else None, dev)
-    losses, seed = [], run.seed
-    counter = FlopCounterMode(display=False, custom_mapping=_attention_flop_formulas())
-    start = time.perf_counter()
-    with counter:
-        losses.append(stepper.step(next(batches), seed))
-    for i in range(max(0, warmup - 1)):
-        losses.append(stepper.step(next(batches), seed + 1 + i))
-    warmup_s = time.perf_counter() - start
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    times = []
-    for i in range(steps):  # plain steps: the step time, with the data wait counted
-        _sync(dev)
-        t0 = time.perf_counter()
-        batch = next(batches)
-        losses.append(stepper.step(batch, seed + warmup + i))
-        _sync(dev)
-        times.append(time.perf_counter() - t0)
-    parts = {}
-    for i in range(min(steps, 3)):  # instrumented steps: where the time goes
-        t0 = time.perf_counter()
-        batch = next(batches)
-        parts["data"] = parts.get("data", 0.0) + time.perf_counter() - t0
-        losses.append(stepper.step(batch, seed + warmup + steps + i, parts))
-    total = sum(parts.values())
-    step_time = statistics.median(times)
-    flops = counter.get_total_flops()
-    peak = peak_flops(dev)
-    bs = run.data.batch_size
-    return {
-        "step_time_s": step_time, "step_time_min_s": min(times), "samples_per_s": bs / step_time,
-        "steps_per_s": 1 / step_time, "warmup_s": warmup_s,
-        "flops_per_step": flops, "achieved_tflops": flops / step_time / 1e12,
-        "mfu": flops / step_time / peak if peak else None,
-        "peak_memory_gib": (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda"
-                            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30,
-        "share": {p: round(parts.get(p, 0.0) / total, 4) for p in PARTS},
-        "cached_targets": bool(optimized and cache is not None),
-        "reuse_prompt_cache": stepper.reuse_prompt, "compiled": bool(optimized and run.train.compile),
-        "losses": losses,
-    }
+    def __init__(self, module, run, dev, optimized: bool, cache, initial: dict, full_prompt_pass: bool):
+        from torch.utils.flop_counter import FlopCounterMode
+
+        self.module, self.dev, self.optimized = module, dev, optimized
+        module.load_state_dict(initial, strict=False)
+        self.stepper = Stepper(module, run, dev, optimized, full_prompt_pass)
+        self.params = module.trainable_parameters()
+        self.weights = [p.detach().clone() for p in self.params]
+        self.batches = _batches(run, module.encoder.resolution, cache if optimized else None, dev)
+        self.cached = bool(optimized and cache is not None)
+        self.compiled = bool(optimized and run.train.compile)
+        self.counter = FlopCounterMode(display=False, custom_mapping=_attention_flop_formulas())
+        self.losses, self.times, self.parts, self.warmup_s, self.peak = [], [], {}, 0.0, 0
+
+    @contextlib.contextmanager
+    def active(self):
+        """This path's weights in the module (and its compiled or eager kernels)."""
+        with torch.no_grad():
+            for p, w in zip(self.params, self.weights):
+                p.copy_(w)
+        compiled = [m for m in _compilable(self.module) if getattr(m, "_compiled_call_impl", None)]
+        saved = [m._compiled_call_impl for m in compiled]
+        if not self.compiled:
+            for m in compiled:
+                m._compiled_call_impl = None
+        try:
+            yield
+        finally:
+            for m, impl in zip(compiled, saved):
+                m._compiled_call_impl = impl
+            with torch.no_grad():
+                for p, w in zip(self.params, self.weights):
+                    w.copy_(p)
+
+    def step(self, seed: int, kind: str) -> None:
+        """``kind``: flops (first step, counted), warmup, timed, or parts (instrumented)."""
+        with self.active():
+            if self.dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(self.dev)
+            _sync(self.dev)
+            t0 = time.perf_counter()
+            batch = next(self.batches)
+            parts = None
+            if kind == "parts":
+                self.parts["data"] = self.parts.get("data", 0.0) + time.perf_counter() - t0
+                parts = self.parts
+            with self.counter if kind == "flops" else contextlib.nullcontext():
+                self.losses.append(self.stepper.step(batch, seed, parts))
+            _sync(self.dev)
+            seconds = time.perf_counter() - t0
+            if kind == "timed":
+                self.times.append(seconds)
+                if self.dev.type == "cuda":
+                    self.peak = max(self.peak, torch.cuda.max_memory_allocated(self.dev))
+            elif kind in ("flops", "warmup"):
+                self.warmup_s += seconds
+
+    def figures(self, batch_size: int) -> dict:
+        step_time = statistics.median(self.times)
+        flops = self.counter.get_total_flops()
+        peak = peak_flops(self.dev)
+        total = sum(self.parts.values())
+        return {
+            "step_time_s": step_time, "step_time_min_s": min(self.times),
+            "samples_per_s": batch_size / step_time, "steps_per_s": 1 / step_time, "warmup_s": self.warmup_s,
+            "flops_per_step": flops, "achieved_tflops": flops / step_time / 1e12,
+            "mfu": flops / step_time / peak if peak else None,
+            "peak_memory_gib": (self.peak if self.dev.type == "cuda"
+                                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30,
+            "share": {p: round(self.parts.get(p, 0.0) / total, 4) for p in PARTS},
+            "cached_targets": self.cached, "reuse_prompt_cache": self.stepper.reuse_prompt,
+            "compiled": self.compiled, "losses": self.losses,
+        }
+
+
+def _compilable(module) -> list:
+    net = getattr(module.objective, "net", None)
+    return [m for m in (net, module.backbone.lm.get_decoder()) if isinstance(m, torch.nn.Module)]
+
+
+def measure(paths: list, seed: int, steps: int, warmup: int, batch_size: int) -> list[dict]:
+    """Step the paths in turn, step by step: a machine whose load changes (shared CPUs) slows
+    every path alike, so their ratio holds. Each path sees the same batches and draws."""
+    kinds = ["flops"] + ["warmup"] * max(0, warmup - 1) + ["timed"] * steps + ["parts"] * min(steps, 3)
+    for i, kind in enumerate(kinds):
+        for path in paths:
+            path.step(seed + i, kind)
+    return [path.figures(batch_size) for path in paths]
 
 
 def eval_cost(module, run, step_time: float) -> dict:
@@ -209,7 +253,10 @@ def eval_cost(module, run, step_time: float) -> dict:
 
 
 def bench(run, steps: int = 10, warmup: int = 2, device: str | None = None, baseline: bool = False,
-          evaluate: bool = False) -> dict:
+          evaluate: bool = False, baseline_full_prompt: bool = True) -> dict:
+    """The figures of ``run``'s optimised step; with ``baseline`` the un-optimised one too
+    (``baseline_full_prompt=False``: it keeps the prompt-cache reuse, i.e. only the feature
+    cache and compile are off)."""
     from ablate.data.cache import ensure_cache
     from ablate.module import AblationModule
     from ablate.train import resolve_precision
@@ -226,19 +273,18 @@ def bench(run, steps: int = 10, warmup: int = 2, device: str | None = None, base
     result = {"run": run.name, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
               "precision": resolve_precision(run.train.precision), "batch_size": run.data.batch_size,
               "steps_timed": steps, "cache_fill_s": fill_s}
-    base = None
-    if baseline:  # first, so the optimised path never sees a warm encoder it would not load
-        base = measure(module, run, dev, False, None, steps, warmup, initial)
-        frozen = _frozen_params(module)
-        if hasattr(module.encoder, "unload"):
-            module.encoder.unload()
     if run.train.compile:
         module.compile_step()
-    opt = measure(module, run, dev, True, cache, steps, warmup, initial)
-    frozen = max(frozen if base else 0, _frozen_params(module))
+    paths = [StepPath(module, run, dev, True, cache, initial, baseline_full_prompt)]
+    if baseline:
+        paths.append(StepPath(module, run, dev, False, None, initial, baseline_full_prompt))
+    figures = measure(paths, run.seed, steps, warmup, run.data.batch_size)
+    module.backbone.cfg.reuse_prompt_cache = run.backbone.reuse_prompt_cache
+    opt, base = figures[0], (figures[1] if baseline else None)
     result.update({k: v for k, v in opt.items() if k != "losses"})
     result.update(params_trainable=sum(p.numel() for p in module.trainable_parameters()),
-                  params_frozen=frozen, memory_kind="cuda max allocated" if dev.type == "cuda" else "process peak RSS")
+                  params_frozen=_frozen_params(module), memory_kind=(
+                      "cuda max allocated" if dev.type == "cuda" else "process peak RSS"))
     if base is not None:
         diff = [abs(a - b) for a, b in zip(opt["losses"], base["losses"])]
         result["baseline"] = {k: v for k, v in base.items() if k != "losses"}
@@ -331,7 +377,8 @@ def _bench(args) -> None:
             result = find_batch(run, args.device)
         else:
             result = bench(run, steps=args.steps, warmup=args.warmup, device=args.device,
-                           baseline=args.baseline, evaluate=args.eval)
+                           baseline=args.baseline or args.baseline_prompt_cache, evaluate=args.eval,
+                           baseline_full_prompt=not args.baseline_prompt_cache)
         results.append(result)
         if not args.json:
             _show(result)
@@ -353,6 +400,8 @@ def add_commands(sub) -> None:
     p.add_argument("--baseline", action="store_true",
                    help="also time the un-optimised step (no cache, no compile, full prompt pass) "
                         "in the same process, from the same weights, on the same batches")
+    p.add_argument("--baseline-prompt-cache", action="store_true",
+                   help="a baseline that keeps reusing the prompt's KV cache (only cache and compile off)")
     p.add_argument("--eval", action="store_true", help="time one evaluation: its share of training")
     p.add_argument("--find-batch", action="store_true", help="largest batch that fits (GPU)")
     p.add_argument("--json", action="store_true", help="print JSON (a list for a study)")

@@ -130,3 +130,27 @@ def test_cached_targets_train_as_encoded_ones_and_the_encoder_stays_unloaded(tin
         assert isinstance(probe.encoder, LazyEncoder) == cache
     assert not probe.encoder.loaded  # training never built the image tower
     torch.testing.assert_close(losses[True], losses[False], atol=1e-5, rtol=1e-4)
+
+
+def test_cache_cli_fills_a_study_in_shards_and_resumes(tiny_models, tmp_path, monkeypatch, capsys):
+    from conftest import write_spec
+
+    from ablate.cli import main
+
+    shards = write_shards(tmp_path / "shards", n_shards=3, per_shard=4, bad=False)
+    base = tiny_run_spec(tiny_models, shards, tmp_path, "vae", "mse")
+    encoder = base.pop("encoder")
+    for key in ("name", "study", "objective"):
+        base.pop(key)
+    study = {"study": "c", "base": base, "cells": {"a": {"encoder": encoder, "objective": {"name": "mse"}},
+                                                   "b": {"encoder": encoder, "objective": {"name": "mse"},
+                                                         "train.lr": 0.1}}}
+    path = write_spec(study, tmp_path / "study.yaml")
+    counts = count_encoded(monkeypatch)
+    assert main(["cache", str(path), "--shard", "0/2", "--device", "cpu"]) == 0
+    assert "2 of 2 units encoded" in capsys.readouterr().out  # units 0 and 2, once for both cells
+    assert counts["vae"] == 8
+    assert main(["cache", str(path), "--shard", "1/2", "--device", "cpu"]) == 0
+    assert main(["cache", str(path), "--device", "cpu"]) == 0  # all complete: nothing to do
+    assert "0 of 3 units encoded, 3 already complete" in capsys.readouterr().out
+    assert counts["vae"] == 12
