@@ -359,6 +359,8 @@ def bench_runs(path: str, overrides=()) -> list:
 
 
 def _show(result: dict) -> None:
+    if "baseline" in result:  # its step shares on a line of their own
+        result = {**result, "baseline_share": result["baseline"]["share"]}
     for key, value in result.items():
         if key == "losses":
             continue
