@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import logging
 import os
 import sys
@@ -28,17 +27,9 @@ def _fit(args) -> None:
 
 
 def _bench(args) -> None:
-    from ablate.bench import bench
-    from ablate.config import load_run
+    from ablate.bench import run_bench_command
 
-    run = load_run(args.config, args.set)
-    result = bench(run, steps=args.steps, warmup=args.warmup, device=args.device)
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return
-    for key, value in result.items():
-        shown = f"{value:.4g}" if isinstance(value, float) else value
-        print(f"{key:<20} {shown}")
+    run_bench_command(args)
 
 
 def _train_decoder(args) -> None:
@@ -82,13 +73,22 @@ def _core_commands(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="delete an existing run folder first")
     p.set_defaults(func=_fit)
 
-    p = sub.add_parser("bench", help="time training steps of a run: step time, samples/s, memory, MFU")
-    p.add_argument("config", help="run spec (YAML)")
+    p = sub.add_parser("bench", help="time training steps of a run or of each cell of a study: "
+                                     "step time, samples/s, memory, MFU, where the step goes")
+    p.add_argument("config", help="run spec or study spec (YAML)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     p.add_argument("--steps", type=int, default=10, help="timed steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--device", help="cpu | cuda (default: cuda when available)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--baseline", action="store_true",
+                   help="also time the un-optimised step (no cache, no compile, full prompt pass) "
+                        "in the same process, from the same weights, on the same batches")
+    p.add_argument("--baseline-prompt-cache", action="store_true",
+                   help="a baseline that keeps reusing the prompt's KV cache (only cache and compile off)")
+    p.add_argument("--eval", action="store_true", help="time one evaluation: its share of training")
+    p.add_argument("--find-batch", action="store_true", help="largest batch that fits (GPU)")
+    p.add_argument("--json", action="store_true", help="print JSON (a list for a study)")
+    p.add_argument("--out", help="also write the JSON to this file")
     p.set_defaults(func=_bench)
 
     p = sub.add_parser("train-decoder", help="train a CLIP-features -> pixels diffusion decoder")
@@ -106,7 +106,7 @@ def _core_commands(sub) -> None:
 
 
 # Each of these modules adds its own subcommands with ``add_commands(subparsers)``.
-COMMAND_MODULES = ("ablate.eval.cli", "ablate.study.cli")
+COMMAND_MODULES = ("ablate.eval.cli", "ablate.study.cli", "ablate.data.cache_cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -301,6 +301,9 @@ class DataConfig:
     num_workers: int = field(default=2, metadata=limits(0))
     # samples held for shuffling (units are shuffled per epoch too)
     shuffle_buffer: int = field(default=1000, metadata=limits(1))
+    prefetch_factor: int = field(default=2, metadata=limits(1))  # batches each loader worker prepares ahead
+    cache: bool = True  # train on cached encoder features (ablate.data.cache), not pixels
+    cache_dir: str | None = None  # None: <results_dir>/.cache/features
 
 
 @dataclass
@@ -325,7 +328,7 @@ class TrainConfig:
     keep_checkpoints: int = field(default=2, metadata=limits(0, also=(-1,)))  # -1: keep all
     logger: Literal["csv", "tensorboard", "wandb", "mlflow", "none"] = "csv"  # csv is always written too
     progress_bar: bool = True
-    compile: bool = False
+    compile: bool = False  # torch.compile the objective's net and the LM query pass
     # A non-finite loss or gradient: stop the run (failed, naming the step) or skip that
     # batch's update (counted in status.json's ``skipped``, like unreadable samples).
     on_nonfinite: Literal["stop", "skip_batch"] = "stop"

@@ -23,8 +23,11 @@ FROZEN_PREFIXES = ("backbone.lm.", "encoder.")
 
 
 def build_parts(run: RunConfig):
-    """(encoder, backbone, objective) for a validated run spec."""
-    encoder = get_registry("encoder").build(run.encoder, where="encoder")
+    """(encoder, backbone, objective) for a validated run spec. With a filled feature cache
+    the encoder is a stand-in that loads the real one only when decoding needs it."""
+    from ablate.data.cache import build_encoder
+
+    encoder = build_encoder(run)
     objective_cls, objective_cfg = get_registry("objective").config(run.objective, "objective")
     required = objective_cls.required_queries(objective_cfg, encoder.grid_shape)
     num_queries = run.backbone.num_queries or required or DEFAULT_NUM_QUERIES
@@ -93,8 +96,11 @@ class AblationModule(L.LightningModule):
 
     def configure_optimizers(self):
         t = self.run_cfg.train
-        opt = torch.optim.AdamW(self.trainable_parameters(), lr=t.lr, betas=tuple(t.betas),
-                                weight_decay=t.weight_decay)
+        params = self.trainable_parameters()
+        # One fused kernel for the whole update on a GPU (Lightning has moved the module there).
+        fused = all(p.is_cuda for p in params) or None
+        opt = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay,
+                                fused=fused)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(self.run_cfg))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
@@ -111,15 +117,29 @@ class AblationModule(L.LightningModule):
     def conditioning(self, captions: list[str]) -> torch.Tensor:
         return self.backbone(captions).float()
 
-    def compute_loss(self, batch) -> dict[str, torch.Tensor]:
-        """The objective's loss dict for one batch of pixels and captions."""
+    def targets(self, batch) -> torch.Tensor:
+        """The target grid: cached features when the batch has them, else encoded pixels."""
+        if batch.get("targets") is not None:
+            return batch["targets"].float()
         with torch.no_grad():
-            target = self.encoder.encode(batch["pixels"])
+            return self.encoder.encode(batch["pixels"])
+
+    def compute_loss(self, batch) -> dict[str, torch.Tensor]:
+        """The objective's loss dict for one batch of captions and pixels / cached targets."""
+        target = self.targets(batch)
         return self.objective.loss(self.conditioning(batch["captions"]), target)
+
+    def compile_step(self) -> None:
+        """``train.compile``: torch.compile, in place (state-dict keys unchanged), the
+        objective's net (the DiT) and the LM decoder that runs the query pass."""
+        net = getattr(self.objective, "net", None)
+        if isinstance(net, torch.nn.Module):
+            net.compile(dynamic=False)
+        self.backbone.lm.get_decoder().compile(dynamic=True)  # prompt lengths vary per batch
 
     def training_step(self, batch, batch_idx):
         self.skipped.update(batch.get("skipped", {}))
-        if batch["pixels"] is None:  # every sample of this batch was unreadable
+        if batch.get("pixels") is None and batch.get("targets") is None:  # all unreadable
             return None
         torch.manual_seed(self.step_seed())
         out = self.compute_loss(batch)

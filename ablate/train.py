@@ -25,6 +25,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from ablate.checkpoints import AtomicCheckpointIO, checkpoint_files, resume_checkpoint
 from ablate.config import ConfigError, RunConfig, check_local_models
+from ablate.data.cache import ensure_cache
 from ablate.data.stream import ImageCaptionStream, make_loader
 from ablate.module import AblationModule
 from ablate.provenance import spec_fingerprint, write_run_config
@@ -160,16 +161,22 @@ def make_logger(run: RunConfig, run_dir: Path, resume_step: int | None):
     return loggers
 
 
-def build_train_loader(run: RunConfig, resolution: int, skip_batches: int = 0):
+def build_train_loader(run: RunConfig, resolution: int, skip_batches: int = 0, cache=None):
+    """The training loader; with ``cache`` (a filled FeatureCache) it yields cached targets."""
     source = get_registry("dataset").build(run.data.train, where="data.train")
     stream = ImageCaptionStream(source, resolution=resolution, batch_size=run.data.batch_size,
                                 seed=run.seed, shuffle_buffer=run.data.shuffle_buffer,
-                                skip_batches=skip_batches)
-    return make_loader(stream, run.data.num_workers)
+                                skip_batches=skip_batches, cache=cache)
+    return make_loader(stream, run.data.num_workers, run.data.prefetch_factor)
 
 
 def write_status(run_dir: Path, **fields) -> None:
-    """Update status.json through a temporary file and a rename (never half written)."""
+    """Update status.json through a temporary file and a rename (never half written). Only
+    the global-zero process of a multi-process run writes it, through a temp file of its own."""
+    from lightning.fabric.utilities.rank_zero import _get_rank
+
+    if (_get_rank() or 0) != 0:
+        return
     path = Path(run_dir) / "status.json"
     tmp = path.with_name(f".status.{os.getpid()}.tmp")
     try:
@@ -282,11 +289,13 @@ def fit(run: RunConfig, resume: bool = False, overwrite: bool = False,
         if torch.cuda.is_available():
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
+        # encodes the dataset once per (encoder, dataset); None when the cache is off
+        cache = ensure_cache(run, device="cpu" if run.train.accelerator == "cpu" else None)
         module = AblationModule.from_run(run)
         if run.train.compile:
-            module.objective = torch.compile(module.objective)
+            module.compile_step()
         t = run.train
-        loader = build_train_loader(run, module.encoder.resolution,
+        loader = build_train_loader(run, module.encoder.resolution, cache=cache,
                                     skip_batches=(resume_step or 0) * t.accumulate_grad_batches)
         trainer = L.Trainer(
             max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices,

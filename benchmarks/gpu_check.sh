@@ -2,7 +2,8 @@
 # The GPU checks, as one script: run from the repository root on a CUDA machine.
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR]                 # every check
-#   CHECKS="strategies bench" bash benchmarks/gpu_check.sh  # some: demo strategies bench real_size learning
+#   CHECKS="strategies bench" bash benchmarks/gpu_check.sh  # some: demo strategies bench real_size learning speed
+#   CHECKS=speed bash benchmarks/gpu_check.sh               # issue 15's figures, ~10 minutes on an H100
 #
 # 1. the toy study (`ablate demo`) on the GPU in bf16: every path of a CPU demo run, on CUDA;
 # 2. Lightning's DDP and FSDP strategies on one GPU: train, checkpoint, evaluate and sample from it;
@@ -11,6 +12,10 @@
 # 5. "learning": how many steps the toy FM heads need before GenEval / DPG leave chance
 #    (research/toy_diagnostics/objective_only.py, LEARN_STEPS at batch 64, evaluated every LEARN_EVERY;
 #    nothing up to 12,500 steps of batch 64 on one H100: results/reference/gpu_learning_h100/).
+# 6. "speed" (issue 15): the paper-size cells before / after in one process each (`--baseline`:
+#    no feature cache, no compile, full [prompt; queries] pass vs the optimised step), at batch 16
+#    and at the largest batch that fits, compiled and not; the toy cells' eval cost as a share of
+#    training at the demo's cadence (1 GPU; divide the sampling part by N for N ranks).
 # Prints figures; logs and tables go to OUT_DIR. If .whl/ holds wheels (a machine without
 # the project's pins and without a package index), they are installed to /tmp/site first.
 set -uo pipefail
@@ -30,7 +35,7 @@ section environment
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers, diffusers, lightning; print('torch', torch.__version__, 'transformers', transformers.__version__, 'diffusers', diffusers.__version__, 'lightning', lightning.__version__, torch.cuda.get_device_name())"
 
-CHECKS=${CHECKS:-demo strategies bench real_size learning}
+CHECKS=${CHECKS:-demo strategies bench real_size learning speed}
 want() { [[ " $CHECKS " == *" $1 "* ]]; }
 
 section toy data
@@ -97,6 +102,37 @@ for f in sorted(pathlib.Path(sys.argv[1]).glob("learning_*.csv")):
                         "recall/ratio") if c in df]
     evals = df.dropna(subset=["geneval/overall"]) if "geneval/overall" in df else df  # not the train-log rows
     print(f, "\n", evals[cols].to_string(index=False))
+PY
+fi
+
+if want speed; then
+SPEED_SHARDS=${SPEED_SHARDS:-data/toy/shards/train/shards-0000[01].tar}  # 2,000 images to cache
+section "speed: paper-size cells at batch 16, before (baseline) / after, compile off"
+timeout 210 python3 benchmarks/real_size.py --baseline --steps 8 --warmup 3 --shards "$SPEED_SHARDS" \
+  --out "$OUT/speed_b16.json" 2>&1 | quiet | cut -c1-400
+section "speed: paper-size FM cells, compile on, at the largest batch that fits"
+timeout 200 python3 benchmarks/real_size.py --cells clip+fm vae+fm clip+mse --find-batch --steps 6 --warmup 4 \
+  --shards "$SPEED_SHARDS" --set train.compile=true --out "$OUT/speed_maxbatch_compiled.json" 2>&1 | quiet | cut -c1-400
+section "speed: toy cells on the GPU, before / after, and eval as a share of training (demo cadence)"
+timeout 120 $A bench experiments/demo.yaml --device cuda --baseline --eval --steps 10 --warmup 3 \
+  --set train.precision=bf16-mixed --set data.num_workers=4 --out "$OUT/speed_toy.json" 2>&1 | quiet | \
+  grep -E "^(run|step_time_s|samples_per_s|mfu|share|speedup|loss_max|eval_)" 
+python3 - "$OUT" <<'PY'
+import json, sys, pathlib
+out = pathlib.Path(sys.argv[1])
+for name in ("speed_b16.json", "speed_maxbatch_compiled.json"):
+    f = out / name
+    if not f.is_file():
+        continue
+    print(name)
+    for cell, r in json.loads(f.read_text()).items():
+        if "error" in r:
+            print(f"  {cell}: {r['error']}"); continue
+        b = r.get("baseline") or {}
+        fmt = lambda x: "-" if x is None else f"{x:.3f}"
+        print(f"  {cell:9} batch {r['batch_size']:4} step {r['step_time_s']:.3f}s mfu {fmt(r['mfu'])} "
+              f"(baseline step {fmt(b.get('step_time_s'))}s mfu {fmt(b.get('mfu'))}, x{fmt(r.get('speedup'))}) "
+              f"peak {r['peak_memory_gib']:.1f} GiB share {r['share']}")
 PY
 fi
 

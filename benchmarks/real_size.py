@@ -9,6 +9,10 @@ the toy shards (upsampled by each encoder's preprocessing, so the cost is the re
 tokenizer is the word-level test tokenizer, so prompts are a little shorter than Llama's.
 
     python benchmarks/real_size.py [--cells clip+fm vae+fm] [--batch-size 16] [--steps 10]
+                                   [--baseline] [--find-batch] [--set train.compile=true]
+
+``--baseline`` also times the un-optimised step in the same process (``ablate bench
+--baseline``); ``--find-batch`` first finds the largest batch that fits and benches at it.
 
 Figures only; nothing here asserts a target. Meant for a GPU (bf16); it runs on CPU too, slowly.
 """
@@ -22,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from ablate.bench import bench
+from ablate.bench import bench, find_batch
 from ablate.config import parse_run
 from ablate.study.spec import load_study
 from ablate.testing import tiny_tokenizer
@@ -75,6 +79,8 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a study or run key, as for `ablate grid`")
+    p.add_argument("--baseline", action="store_true", help="also time the un-optimised step")
+    p.add_argument("--find-batch", action="store_true", help="bench at the largest batch that fits")
     p.add_argument("--out", help="also write the results here (JSON)")
     args = p.parse_args()
 
@@ -98,7 +104,12 @@ def main() -> None:
                             num_workers=4)
         run = parse_run(spec, f"{args.study} [{cell.cell}]")
         try:
-            res = bench(run, steps=args.steps, warmup=args.warmup, device=args.device)
+            if args.find_batch:
+                largest = find_batch(run, args.device, start=args.batch_size)["largest_batch"]
+                spec["data"]["batch_size"] = largest
+                run = parse_run(spec, f"{args.study} [{cell.cell}]")
+            res = bench(run, steps=args.steps, warmup=args.warmup, device=args.device, baseline=args.baseline)
+            res.pop("losses", None)
         except torch.OutOfMemoryError as err:  # report it and go on with the next cell
             res = {"error": f"out of memory: {err}".splitlines()[0]}
         finally:

@@ -54,3 +54,30 @@ def test_grouped_query_attention_flops_count_repeated_heads():
     backward = formulas[torch.ops.aten._scaled_dot_product_flash_attention_backward]
     assert forward(q.shape, k.shape, v.shape) == expected
     assert backward(q.shape, q.shape, k.shape, v.shape) == 2.5 * expected  # 5 matmuls backward
+
+
+def test_bench_baseline_measures_both_paths_from_one_start(tiny_models, tiny_shards, tmp_path, capsys):
+    """--baseline: the un-optimised step (encoder every step, full prompt pass) and the
+    optimised one (cached targets, prompt KV reuse) on the same batches give the same losses;
+    the parts of the step add up and the cached step spends nothing in the encoder."""
+    spec = write_spec(tiny_run_spec(tiny_models, tiny_shards, tmp_path, "clip", "flow_matching"),
+                      tmp_path / "run.yaml")
+    assert main(["bench", str(spec), "--steps", "2", "--warmup", "1", "--baseline", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    base = result["baseline"]
+    assert result["cached_targets"] and not base["cached_targets"]
+    assert result["reuse_prompt_cache"] and not base["reuse_prompt_cache"]
+    assert result["speedup"] == base["step_time_s"] / result["step_time_s"]
+    assert len(result["losses"]["optimized"]) == len(result["losses"]["baseline"]) == 5
+    assert result["loss_max_abs_diff"] < 1e-4
+    assert result["share"]["encoder"] == 0 < base["share"]["encoder"]
+    for share in (result["share"], base["share"]):
+        assert abs(sum(share.values()) - 1) < 1e-3 and share["query_pass"] > 0 and share["head"] > 0
+
+
+def test_largest_batch_doubles_then_bisects():
+    from ablate.bench import largest_batch
+
+    assert largest_batch(lambda b: b <= 100, start=8) in range(94, 101)  # within ~6 %
+    assert largest_batch(lambda b: b <= 64, start=8) == 64
+    assert largest_batch(lambda b: False, start=8) == 0

@@ -80,6 +80,7 @@ class Interrupt(L.Callback):
 
 
 def test_resume_is_exact(tiny_models, tiny_shards, tmp_path):
+    """Also with cached targets (the default): the resumed stream skips cached records."""
     spec = tiny_run_spec(tiny_models, tiny_shards, tmp_path / "a", "clip", "flow_matching",
                          max_steps=4, checkpoint_every_n_steps=2)
     straight = fit(parse_run(spec))
@@ -88,6 +89,7 @@ def test_resume_is_exact(tiny_models, tiny_shards, tmp_path):
     with pytest.raises(RuntimeError, match="simulated crash"):
         fit(run, extra_callbacks=(Interrupt(),))
     assert read_status(run.run_dir)["state"] == "failed"
+    assert list((tmp_path / "b" / ".cache" / "features").glob("clip-*/units/*.json"))
     resumed = fit(run, resume=True)
     a = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=False)
     b = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=False)

@@ -5,6 +5,8 @@
 - Each record is decoded, resized (shorter side, bicubic) and centre-cropped to the
   encoder's resolution, scaled to [-1, 1]. Unreadable records become ``{"error": ...}``
   items that the collate function drops and counts, so a bad image never stops training.
+- With a feature cache (``ablate.data.cache``) units are read from the cache instead: the
+  same records in the same order, each carrying its encoder features instead of pixels.
 - The stream is endless (epochs follow each other); training length is ``max_steps``. Data
   that yields nothing usable (no records at all, or a whole epoch of unreadable ones) raises
   ``NoReadableSamples`` instead of looping forever or training on nothing.
@@ -40,6 +42,20 @@ def _open_image(image) -> Image.Image:
     return img.convert("RGB")
 
 
+def to_sample(record: dict, transform) -> dict:
+    """A source record -> ``{"pixels", "caption"}``, or ``{"error", "key"}`` if unusable."""
+    if "error" in record or "features" in record:  # already an error, or a cached sample
+        return record
+    caption = (record.get("caption") or "").strip()
+    if not caption:
+        return {"error": "empty caption", "key": record["key"]}
+    try:
+        image = _open_image(record["image"])
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exn:
+        return {"error": f"corrupt image ({type(exn).__name__})", "key": record["key"]}
+    return {"pixels": transform(image), "caption": caption}
+
+
 def _rank_and_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -52,8 +68,9 @@ class NoReadableSamples(RuntimeError):
 
 class ImageCaptionStream(IterableDataset):
     def __init__(self, source, resolution: int, batch_size: int, seed: int = 0,
-                 shuffle_buffer: int = 256, skip_batches: int = 0):
+                 shuffle_buffer: int = 256, skip_batches: int = 0, cache=None):
         self.source = source
+        self.cache = cache  # a FeatureCache holding every unit: read features, not images
         self.units = source.units()  # resolve (and check) the files now, in the main process
         self.transform = preprocess(resolution)
         self.batch_size = batch_size
@@ -77,8 +94,9 @@ class ImageCaptionStream(IterableDataset):
             else:  # too few units: every reader reads all and keeps its share of records
                 mine, deal = units, True
             index = 0
+            read = self.cache.records if self.cache is not None else self.source.read
             for unit in mine:
-                for record in self.source.read(unit):
+                for record in read(unit):
                     if not deal or index % readers == reader:
                         yield record
                     index += 1
@@ -96,16 +114,7 @@ class ImageCaptionStream(IterableDataset):
                 yield buffer.pop(rng.randrange(len(buffer)))
 
     def _sample(self, record: dict) -> dict:
-        if "error" in record:
-            return record
-        caption = (record.get("caption") or "").strip()
-        if not caption:
-            return {"error": "empty caption", "key": record["key"]}
-        try:
-            image = _open_image(record["image"])
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exn:
-            return {"error": f"corrupt image ({type(exn).__name__})", "key": record["key"]}
-        return {"pixels": self.transform(image), "caption": caption}
+        return to_sample(record, self.transform)
 
     def __iter__(self):
         info = get_worker_info()
@@ -134,15 +143,20 @@ class ImageCaptionStream(IterableDataset):
 
 
 def collate(items: list[dict]) -> dict:
-    """Stack good samples; count the skipped ones by reason."""
+    """Stack good samples (pixels, or cached ``targets``); count the skipped ones by reason."""
     good = [it for it in items if "error" not in it]
     skipped = Counter(it["error"] for it in items if "error" in it)
     batch = {"captions": [it["caption"] for it in good], "skipped": dict(skipped)}
-    batch["pixels"] = torch.stack([it["pixels"] for it in good]) if good else None
+    cached = bool(good) and "features" in good[0]
+    batch["pixels"] = torch.stack([it["pixels"] for it in good]) if good and not cached else None
+    if cached:
+        batch["targets"] = torch.stack([it["features"] for it in good])
     return batch
 
 
-def make_loader(stream: ImageCaptionStream, num_workers: int) -> DataLoader:
+def make_loader(stream: ImageCaptionStream, num_workers: int, prefetch_factor: int = 2) -> DataLoader:
+    # Pinned host memory lets the batch copy to the GPU overlap the step.
     return DataLoader(stream, batch_size=stream.batch_size, num_workers=num_workers,
                       collate_fn=collate, persistent_workers=num_workers > 0,
+                      prefetch_factor=prefetch_factor if num_workers > 0 else None,
                       pin_memory=torch.cuda.is_available())

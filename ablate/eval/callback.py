@@ -3,12 +3,18 @@ metric plugins, log them to metrics.csv and the loggers, keep a few sample image
 
 A metric that fails is logged with its error and training goes on; each metric's time is
 logged (``time/eval/<name>``) so the overhead of measuring is visible.
+
+With several ranks every rank evaluates: the image generator splits sampling and decoding
+across them and gathers the images (``ablate.eval.sampling``). Rank 0 writes the run's
+files and logs; the other ranks write into a private scratch folder, deleted after.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
+import shutil
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -17,7 +23,7 @@ import lightning as L
 
 from ablate.config import RunConfig
 from ablate.ema import ema_weights
-from ablate.eval.sampling import ImageGenerator, save_samples
+from ablate.eval.sampling import ImageGenerator, rank_and_world, save_samples
 from ablate.registry import get_registry
 
 log = logging.getLogger("ablate.eval")
@@ -34,7 +40,19 @@ def build_metrics(specs: list[dict]) -> list[tuple[str, object]]:
 
 
 def run_metrics(module, run: RunConfig, step: int, run_dir: Path, metrics=None) -> dict[str, float]:
-    """Every configured metric on ``module`` now; failures become ``eval/error/<name>``."""
+    """Every configured metric on ``module`` now; failures become ``eval/error/<name>``.
+    Call it on every rank at once when there are several (the sampling is split)."""
+    rank, _ = rank_and_world()
+    if rank == 0:
+        return _run_metrics(module, run, step, Path(run_dir), metrics)
+    scratch = Path(tempfile.mkdtemp(prefix=f"ablate-eval-rank{rank}-"))
+    try:  # the same computation; its files are rank 0's to keep
+        return _run_metrics(module, run, step, scratch, metrics)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run_metrics(module, run: RunConfig, step: int, run_dir: Path, metrics=None) -> dict[str, float]:
     e = run.eval
     gen = ImageGenerator(module, steps=e.sample_steps, guidance=e.guidance, sampler=e.sampler,
                          batch_size=e.batch_size)
@@ -118,10 +136,10 @@ class EvalCallback(L.Callback):
         if step == self.last_step:
             return
         self.last_step = step
+        start = time.time()
+        with ema_weights(trainer, module):  # the EMA's weights when train.ema_decay is set
+            values = run_metrics(module, self.run, step, self.run_dir, self.metrics)  # every rank
         if trainer.is_global_zero:
-            start = time.time()
-            with ema_weights(trainer, module):  # the EMA's weights when train.ema_decay is set
-                values = run_metrics(module, self.run, step, self.run_dir, self.metrics)
             record_eval_errors(self.run_dir, step, values)
             values["time/eval"] = time.time() - start
             values["time/wall"] = module.wall_time()

@@ -5,6 +5,11 @@ its two methods, so a metric never needs to know the encoder or objective:
 
     gen.features(prompts, seeds) -> [N, C, h, w]   what the objective samples
     gen.images(prompts, seeds)   -> [PIL.Image]    the same, decoded by the encoder
+
+Under ``torch.distributed`` (DDP / FSDP training, several ranks) each rank samples and
+decodes every ``world``-th item and the parts are gathered, in order, on every rank: an
+eval on N ranks samples 1/N of the images each. The seeds are per item, so the images do
+not depend on the split.
 """
 
 from __future__ import annotations
@@ -23,6 +28,35 @@ def sample_seed(prompt: str, index: int = 0) -> int:
     """A stable 31-bit seed for sample ``index`` of ``prompt``: the same in every run, eval
     step, machine and process (crc32, unlike ``hash``)."""
     return zlib.crc32(f"{index}\x00{prompt}".encode()) & 0x7FFFFFFF
+
+
+def rank_and_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def split_gather(fn, prompts: list[str], seeds: list[int]) -> list:
+    """``fn(prompts, seeds) -> list`` run on this rank's share of the items (every
+    ``world``-th, from ``rank``), gathered from all ranks back into the items' order."""
+    import torch.distributed as dist
+
+    if len(prompts) != len(seeds):
+        raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+    rank, world = rank_and_world()
+    if world == 1:
+        return list(fn(prompts, seeds))
+    mine = list(range(rank, len(prompts), world))
+    part = list(fn([prompts[i] for i in mine], [seeds[i] for i in mine])) if mine else []
+    parts = [None] * world
+    dist.all_gather_object(parts, (mine, part))
+    out = [None] * len(prompts)
+    for index, items in parts:
+        for i, item in zip(index, items):
+            out[i] = item
+    return out
 
 
 def to_pil(pixels: torch.Tensor) -> list[Image.Image]:
@@ -50,18 +84,25 @@ class ImageGenerator:
         for i in range(0, len(prompts), self.batch_size):
             yield prompts[i:i + self.batch_size], seeds[i:i + self.batch_size]
 
-    @torch.no_grad()
     def features(self, prompts: list[str], seeds: list[int]) -> torch.Tensor:
-        out = []
-        for p, s in self._chunks(list(prompts), list(seeds)):
-            out.append(self.module.generate_features(p, generator=generators(s), steps=self.steps,
-                                                     guidance=self.guidance, sampler=self.sampler).cpu())
-        return torch.cat(out)
+        rows = split_gather(self._features, list(prompts), list(seeds))
+        return torch.stack(rows) if rows else torch.empty(0)
+
+    def images(self, prompts: list[str], seeds: list[int]) -> list[Image.Image]:
+        return split_gather(self._images, list(prompts), list(seeds))
 
     @torch.no_grad()
-    def images(self, prompts: list[str], seeds: list[int]) -> list[Image.Image]:
+    def _features(self, prompts: list[str], seeds: list[int]) -> list[torch.Tensor]:
+        out = []
+        for p, s in self._chunks(prompts, seeds):
+            out.extend(self.module.generate_features(p, generator=generators(s), steps=self.steps,
+                                                     guidance=self.guidance, sampler=self.sampler).cpu())
+        return out
+
+    @torch.no_grad()
+    def _images(self, prompts: list[str], seeds: list[int]) -> list[Image.Image]:
         images = []
-        for p, s in self._chunks(list(prompts), list(seeds)):
+        for p, s in self._chunks(prompts, seeds):
             feats = self.module.generate_features(p, generator=generators(s), steps=self.steps,
                                                   guidance=self.guidance, sampler=self.sampler)
             # the decoder's own noise gets its own per-sample streams

@@ -1,0 +1,60 @@
+"""``ablate cache STUDY.yaml``: fill the target feature cache of every encoder of a study.
+
+Each distinct (encoder, dataset) of the study's runs is encoded once. ``--shard I/N`` takes
+every N-th unit (data shard) from I, so N workers / GPUs fill one cache together; running
+again resumes (complete units are skipped, incomplete or stale ones rebuilt).
+"""
+
+from __future__ import annotations
+
+
+def study_runs(path: str, overrides) -> list:
+    """The runs of a study spec, or the one run of a run spec."""
+    from ablate.config import load_run, load_yaml
+
+    data = load_yaml(path)
+    if "cells" in data or "base" in data:
+        from ablate.study.spec import load_study
+
+        return [cell.run for cell in load_study(path, overrides).cells]
+    return [load_run(path, overrides)]
+
+
+def fill_study_cache(path: str, overrides=(), shard: tuple[int, int] | None = None,
+                     verify: bool = False, device: str | None = None) -> list[tuple]:
+    """(cache, units written, units in this shard) for every distinct cache of the study."""
+    from ablate.data.cache import cache_for_run
+    from ablate.registry import get_registry
+
+    done, out = set(), []
+    for run in study_runs(path, overrides):
+        cache = cache_for_run(run)
+        if cache is None or cache.dir in done:
+            continue
+        done.add(cache.dir)
+        units = get_registry("dataset").build(run.data.train, where="data.train").units()
+        if shard:
+            units = units[shard[0]::shard[1]]
+        out.append((cache, cache.fill(run, units, device=device, verify=verify), len(units)))
+    return out
+
+
+def _cache(args) -> None:
+    from ablate.study.grid import parse_shard
+
+    results = fill_study_cache(args.study, args.set, parse_shard(args.shard), args.verify, args.device)
+    if not results:
+        print("ablate cache: no run of this spec uses the cache (data.cache: false, or random targets)")
+    for cache, written, total in results:
+        print(f"{cache.dir}: {written} of {total} units encoded, {total - written} already complete")
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("cache", help="encode a study's datasets once per encoder (feature cache)")
+    p.add_argument("study", help="study spec (or run spec) YAML")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--shard", help="I/N: this worker fills every N-th data unit from I")
+    p.add_argument("--verify", action="store_true",
+                   help="also re-read every complete unit and rebuild those failing their checksum")
+    p.add_argument("--device", help="cpu | cuda (default: cuda when available)")
+    p.set_defaults(func=_cache)
