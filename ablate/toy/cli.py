@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 
 from ablate.toy.build import CLIP_TARGETS, LM_ANSWERS
+from ablate.toy.scenes import DEFAULT_WORLD, WORLDS
 
 
 def _toy_build(args) -> None:
     from ablate.toy.build import build
 
     info = build(args.out, scale=args.scale, seed=args.seed, threads=args.threads,
-                 clip_target=args.clip_target, lm_answers=args.lm_answers)
+                 clip_target=args.clip_target, lm_answers=args.lm_answers, world=args.world)
     print(json.dumps({"out": args.out or "ablate/toy/assets", "wall_s": info["wall_s"],
                       "sizes_mb": info["sizes_mb"], "quality": info["quality"]}, indent=1))
 
@@ -27,7 +28,7 @@ def _toy_data(args) -> None:
     from ablate.toy.demo import TOY_DATA, prepare_toy_data
 
     sizes = {k: max(8, int(v * args.scale)) for k, v in TOY_DATA.items() if k.startswith("n_")}
-    print(prepare_toy_data(args.out, seed=args.seed, **sizes))
+    print(prepare_toy_data(args.out, world=args.world, seed=args.seed, **sizes))
 
 
 def _train_decoder(args) -> None:
@@ -53,11 +54,15 @@ def add_commands(sub) -> None:
     b.add_argument("--lm-answers", choices=LM_ANSWERS, default="none",
                    help="none (shipped): the LM's training texts end at the generation prompt; "
                         "restatement: it answers with the caption's content (ablate.toy.scenes.restatement)")
+    b.add_argument("--world", choices=WORLDS, default=DEFAULT_WORLD,
+                   help=f"the toy world to train on (default {DEFAULT_WORLD}; see ablate.toy.scenes)")
     b.set_defaults(func=_toy_build)
     d = toy.add_parser("data", help="write toy training shards + GenEval/DPG/MJHQ-format benchmark files")
     d.add_argument("--out", default="data/toy", help="output folder (default: data/toy, what the demo reads)")
     d.add_argument("--scale", type=float, default=1.0, help="shrink the number of scenes")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--world", choices=WORLDS, default=None,
+                   help="the toy world (default: the one the shipped assets were built on)")
     d.set_defaults(func=_toy_data)
     c = toy.add_parser("check", help="say where the toy assets are, or what is missing")
     c.add_argument("path", nargs="?", default=None)
