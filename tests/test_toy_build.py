@@ -16,7 +16,7 @@ from ablate.toy.build import ASSETS, assets_dir, check_assets
 @pytest.fixture(scope="module")
 def tiny_assets(tmp_path_factory):
     out = tmp_path_factory.mktemp("toy") / "assets"
-    assert main(["toy", "build", "--out", str(out), "--scale", "0.005", "--threads", "2"]) == 0
+    assert main(["toy", "build", "--out", str(out), "--scale", "0.005", "--threads", "2", "--world", "slots"]) == 0
     return out
 
 
@@ -55,6 +55,7 @@ def test_toy_build_tiny_scale(tiny_assets):
     info = json.loads((out / "build_info.json").read_text())
     assert set(info["assets"]) == set(ASSETS) and info["provenance"]["packages"]["torch"]
     assert info["seed"] == 0 and info["scale"] == 0.005 and info["wall_s"] > 0
+    assert info["world"] == "slots" and "`slots` world" in (out / "README.md").read_text()
     for name in ("lm", "clip", "vae", "clip_decoder"):
         assert info["assets"][name]["steps"] >= 1
     q = info["quality"]

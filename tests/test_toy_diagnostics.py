@@ -117,12 +117,16 @@ def test_conditioning_check_runs_every_mode_on_a_shrunk_study(tiny_models, tiny_
     study = _shrunk_demo(tiny_models, tiny_shards, tmp_path)
     out = tmp_path / "conditioning_check"
     monkeypatch.setattr(sys, "argv", ["conditioning_check.py", str(study), "--cell", "vae+fm", "--pairs", "6",
-                                      "--steps", "2", "--every", "2", "--captions", "mixed", "--centre", "--out", str(out)])
+                                      "--steps", "2", "--every", "2", "--captions", "mixed", "--centre", "--out", str(out),
+                                      "--world", "free", "--probe-shapes", "circle,star"])
     runpy.run_path(str(ROOT / "research" / "toy_diagnostics" / "conditioning_check.py"), run_name="__main__")
-    assert "6 single-object pairs (mixed captions, centred)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "6 single-object pairs of the free world (mixed captions, centred)" in printed
+    assert "shape accuracy of the samples (chance 0.50)" in printed
     rows = pd.read_csv(out / "vae+fm" / "conditioning_check.csv")
     assert rows["mode"].tolist() == ["label", "lm", "lm-std"] and (rows["step"] == 2).all()
     assert (rows["weights"] == "raw").all()
+    assert (rows["seconds"] > 0).all() and (rows["cpu_seconds"] > 0).all()
     assert rows[["found", "colour", "shape"]].apply(lambda c: c.between(0, 1)).all().all()
     assert (rows["loss"] > 0).all()
     assert sorted(p.name for p in (out / "vae+fm" / "samples").iterdir()) == [
@@ -130,6 +134,24 @@ def test_conditioning_check_runs_every_mode_on_a_shrunk_study(tiny_models, tiny_
     recorded = yaml.safe_load((out / "vae+fm" / "config.yaml").read_text())
     assert recorded["provenance"]["conditioning_check"]["captions"] == "mixed" and "git" in recorded["provenance"]
     assert recorded["provenance"]["conditioning_check"]["centre"] is True
+    assert recorded["provenance"]["conditioning_check"]["world"] == "free"
+
+
+def test_positive_control_trains_on_the_slots_world_from_a_label(tiny_models, tiny_shards, tmp_path, monkeypatch,
+                                                                 capsys):
+    study = _shrunk_demo(tiny_models, tiny_shards, tmp_path)
+    out = tmp_path / "positive_control"
+    monkeypatch.setattr(sys, "argv", ["conditioning_check.py", str(study), "--cell", "vae+fm", "--modes", "label",
+                                      "--pairs", "6", "--steps", "4", "--every", "2", "--world", "slots",
+                                      "--out", str(out)])
+    runpy.run_path(str(ROOT / "research" / "toy_diagnostics" / "conditioning_check.py"), run_name="__main__")
+    assert "6 single-object pairs of the slots world (short captions)" in capsys.readouterr().out
+    rows = pd.read_csv(out / "vae+fm" / "conditioning_check.csv")
+    assert rows["step"].tolist() == [2, 4] and (rows["mode"] == "label").all()
+    assert rows["seconds"].is_monotonic_increasing and rows["cpu_seconds"].is_monotonic_increasing
+    assert rows[["colour", "shape"]].apply(lambda c: c.between(0, 1)).all().all()
+    sheet = Image.open(out / "vae+fm" / "samples" / "label_0000004.png")
+    assert sheet.size[1] > sheet.size[0] / 10 * 6  # seven probe rows (every shape) of ten colours
 
 
 def test_unet_flow_matching_plugin_loads_by_dotted_path_and_fits_a_batch(monkeypatch):

@@ -20,6 +20,7 @@ from ablate.toy.scenes import (
     SEMANTIC_CHANNELS,
     SHAPES,
     SIZES,
+    WORLDS,
     Obj,
     Scene,
     caption,
@@ -171,11 +172,17 @@ def test_dataset_is_deterministic_and_splits_are_disjoint():
 # ----------------------------------------------------------------------------- benchmarks
 
 
-@pytest.fixture(scope="module")
-def bench_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("toybench")
-    B.write_benchmarks(out, seed=0, n_geneval=60, n_dpg=24, n_mjhq=24)
+@pytest.fixture(scope="module", params=WORLDS)
+def bench_dir(request, tmp_path_factory):
+    out = tmp_path_factory.mktemp(f"toybench_{request.param}")
+    B.write_benchmarks(out, seed=0, n_geneval=60, n_dpg=24, n_mjhq=24, world=request.param)
     return out
+
+
+def _world(bench_dir):
+    world = json.loads((bench_dir / "toy_world.json").read_text())["world"]
+    assert world in WORLDS
+    return world
 
 
 def _structure(item):
@@ -211,9 +218,10 @@ def _geneval_ok(item, detections):
 def test_geneval_ground_truth_scenes_pass_with_perfect_and_toy_detections(bench_dir):
     from ablate.toy.judges import ToyDetector
 
-    detector, rng = ToyDetector(), np.random.default_rng(0)
+    detector, rng, world = ToyDetector(), np.random.default_rng(0), _world(bench_dir)
     for item in B.geneval_items(60, seed=1):
-        scene = B.scene_for_geneval(item, rng)
+        scene = B.scene_for_geneval(item, rng, world)
+        assert scene.world == world
         assert _geneval_ok(item, ground_truth_detections(scene))[0], item
         ok, reason = _geneval_ok(item, detector.detect_one(render(scene)))
         assert ok, (item["prompt"], reason, scene)
@@ -239,11 +247,11 @@ def _wrong(item):
 def test_geneval_wrong_scenes_fail(bench_dir):
     from ablate.toy.judges import ToyDetector
 
-    detector, rng = ToyDetector(), np.random.default_rng(2)
+    detector, rng, world = ToyDetector(), np.random.default_rng(2), _world(bench_dir)
     for item in B.geneval_items(40, seed=3):
         wrong = _wrong(item)
         if wrong is not None:
-            scene = B.scene_for_geneval(wrong, rng)
+            scene = B.scene_for_geneval(wrong, rng, world)
             assert not _geneval_ok(item, detector.detect_one(render(scene)))[0], (item, scene)
 
 
@@ -267,11 +275,12 @@ def test_dpg_files_read_back_and_questions_chain(bench_dir):
 def test_dpg_ground_truth_scenes_answer_yes(bench_dir):
     from ablate.toy.judges import ToyVQA
 
-    vqa, rng = ToyVQA(), np.random.default_rng(0)
+    vqa, rng, world = ToyVQA(), np.random.default_rng(0), _world(bench_dir)
     items = B.read_dpg(bench_dir / "dpg_bench" / "dpg_bench.csv")
-    assert any("other" == r["category_broad"] for it in B.dpg_items(40, 0) for r in it["rows"])  # counts
+    assert any("other" == r["category_broad"] for it in B.dpg_items(40, 0, world) for r in it["rows"])  # counts
     for item in items:
-        scene = B.scene_for_dpg(item, rng)
+        scene = B.scene_for_dpg(item, rng, world)
+        assert scene.world == world
         assert vqa.answer_one(render(scene), item["questions"]) == ["yes"] * len(item["questions"]), item
 
 

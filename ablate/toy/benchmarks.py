@@ -8,7 +8,8 @@ shape names as classes, so the project's real scorers read them unchanged:
     <out>/mjhq/meta_data.json                 (+ <category>/<id>.jpg, category = background)
 
 ``scene_for_geneval`` / ``scene_for_dpg`` build a scene that satisfies an item: rendered,
-it is the ground truth the scorers and the toy judges are checked against.
+it is the ground truth the scorers and the toy judges are checked against. Every writer takes
+the toy world (``scenes.WORLDS``); ``write_benchmarks`` records it in ``<out>/toy_world.json``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ablate.toy.scenes import (
     BACKGROUND_WORDS,
     BACKGROUNDS,
     COLORS,
+    DEFAULT_WORLD,
     NUMBER_WORDS,
     SHAPES,
     SIZES,
@@ -32,6 +34,7 @@ from ablate.toy.scenes import (
     Scene,
     article,
     caption,
+    check_world,
     clear_pairs,
     place,
     plural,
@@ -103,7 +106,7 @@ def geneval_items(n: int, seed: int = 0) -> list[dict]:
     return items
 
 
-def scene_for_geneval(item: dict, rng: np.random.Generator) -> Scene:
+def scene_for_geneval(item: dict, rng: np.random.Generator, world: str = DEFAULT_WORLD) -> Scene:
     """A scene that satisfies a GenEval line: exactly the included objects (colours as asked,
     else random) and, for position clauses, an unambiguous relation (the only one that holds)."""
     objs, groups = [], []
@@ -121,9 +124,9 @@ def scene_for_geneval(item: dict, rng: np.random.Generator) -> Scene:
                     return False
         return True
 
-    if not place(objs, rng, check, tries=200):
-        raise RuntimeError(f"no scene satisfies {item['prompt']!r}")
-    return Scene(objs, str(rng.choice(list(BACKGROUNDS))))
+    if not place(objs, rng, check, tries=200, world=world):
+        raise RuntimeError(f"no scene of the {world} world satisfies {item['prompt']!r}")
+    return Scene(objs, str(rng.choice(list(BACKGROUNDS))), world)
 
 
 # ----------------------------------------------------------------------------- DPG-Bench
@@ -164,12 +167,13 @@ def dpg_rows(scene: Scene, item_id: str, text: str) -> list[dict]:
     return rows
 
 
-def dpg_items(n: int, seed: int = 0) -> list[dict]:
-    """``n`` DPG items ``{item_id, text, rows, questions}``; the prompt is a detailed caption."""
+def dpg_items(n: int, seed: int = 0, world: str = DEFAULT_WORLD) -> list[dict]:
+    """``n`` DPG items ``{item_id, text, rows, questions}`` from scenes of ``world``; the prompt
+    is a detailed caption."""
     rng = np.random.default_rng([seed, _STREAMS["dpg"]])
     items = []
     for i in range(n):
-        scene = sample_scene(rng)
+        scene = sample_scene(rng, world=world)
         item_id, text = f"toy{i:05d}", caption(scene, rng, "detailed")
         rows = dpg_rows(scene, item_id, text)
         items.append({"item_id": item_id, "text": text, "rows": rows,
@@ -214,7 +218,7 @@ def parse_question(question: str) -> dict | None:
     return None
 
 
-def scene_for_dpg(item: dict, rng: np.random.Generator) -> Scene:
+def scene_for_dpg(item: dict, rng: np.random.Generator, world: str = DEFAULT_WORLD) -> Scene:
     """A scene in which every question of a DPG item is true. ``item``: a dict with
     ``questions`` (strings, as ``dpg_items`` / ``read_dpg`` give) or an ``ablate.eval.scorers.dpg.DPGItem``."""
     item_id = item.get("item_id") if isinstance(item, dict) else item.item_id
@@ -251,9 +255,9 @@ def scene_for_dpg(item: dict, rng: np.random.Generator) -> Scene:
         return all(relations(find(r["shape"], r["color"]).box(), find(r["other_shape"], r["other_color"]).box())
                    == [r["relation"]] for r in rels)
 
-    if not place(objs, rng, check, tries=200):
-        raise RuntimeError(f"no scene satisfies DPG item {item_id}")
-    return Scene(objs, background)
+    if not place(objs, rng, check, tries=200, world=world):
+        raise RuntimeError(f"no scene of the {world} world satisfies DPG item {item_id}")
+    return Scene(objs, background, world)
 
 
 def read_dpg(csv_path: str | Path) -> list[dict]:
@@ -293,14 +297,14 @@ def write_dpg(out_dir: str | Path, items: list[dict]) -> Path:
     return out / "dpg_bench.csv"
 
 
-def write_mjhq(out_dir: str | Path, n: int, seed: int = 0, size: int = 64) -> Path:
+def write_mjhq(out_dir: str | Path, n: int, seed: int = 0, size: int = 64, world: str = DEFAULT_WORLD) -> Path:
     """MJHQ-30k-style reference set: category = the scene's background, prompts are captions
     (mostly detailed, as Midjourney prompts are long), images ``<category>/<id>.jpg``."""
     out = Path(out_dir)
     rng = np.random.default_rng([seed, _STREAMS["mjhq"]])
     meta = {}
     for i in range(n):
-        scene = sample_scene(rng)
+        scene = sample_scene(rng, world=world)
         image_id = f"mj{i:06d}"
         meta[image_id] = {"category": scene.background,
                           "prompt": caption(scene, rng, "short" if rng.random() < 0.2 else "detailed")}
@@ -311,9 +315,15 @@ def write_mjhq(out_dir: str | Path, n: int, seed: int = 0, size: int = 64) -> Pa
 
 
 def write_benchmarks(out_dir: str | Path, seed: int = 0, n_geneval: int = 120, n_dpg: int = 60,
-                     n_mjhq: int = 200, size: int = 64) -> dict[str, Path]:
-    """Write all three toy benchmarks under ``out_dir``; returns their main files."""
+                     n_mjhq: int = 200, size: int = 64, world: str = DEFAULT_WORLD) -> dict[str, Path]:
+    """Write all three toy benchmarks of ``world`` under ``out_dir``, and ``toy_world.json``
+    (the world and sizes they were written with); returns their main files."""
     out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"world": check_world(world), "seed": seed, "n_geneval": n_geneval, "n_dpg": n_dpg,
+              "n_mjhq": n_mjhq, "size": size}
+    (out / "toy_world.json").write_text(json.dumps(record, indent=1))
     return {"geneval": write_geneval(out / "geneval", geneval_items(n_geneval, seed)),
-            "dpg": write_dpg(out / "dpg_bench", dpg_items(n_dpg, seed)),
-            "mjhq": write_mjhq(out / "mjhq", n_mjhq, seed, size)}
+            "dpg": write_dpg(out / "dpg_bench", dpg_items(n_dpg, seed, world)),
+            "mjhq": write_mjhq(out / "mjhq", n_mjhq, seed, size, world),
+            "record": out / "toy_world.json"}

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ablate.toy.scenes import Scene, patch_semantics, restatement
+from ablate.toy.scenes import DEFAULT_WORLD, Scene, check_world, patch_semantics, restatement
 
 ASSETS = ("tokenizer", "lm", "clip", "vae", "clip_decoder")
 # Data sizes and steps at scale 1.0 (scaled, with floors, by ``build``).
@@ -50,6 +50,15 @@ def assets_dir() -> Path:
 def asset_paths(path: str | Path | None = None) -> dict[str, Path]:
     root = Path(path) if path else assets_dir()
     return {name: root / name for name in ASSETS}
+
+
+def assets_world(path: str | Path | None = None) -> str:
+    """The toy world the assets at ``path`` (default: the shipped ones) were built on, from their
+    ``build_info.json`` (assets built before worlds were named: ``free``)."""
+    info = (Path(path) if path else assets_dir()) / "build_info.json"
+    if not info.is_file():
+        return DEFAULT_WORLD
+    return check_world(json.loads(info.read_text()).get("world", "free"))
 
 
 def check_assets(path: str | Path | None = None) -> dict[str, Path]:
@@ -97,7 +106,8 @@ def _folder_mb(path: Path) -> float:
 
 
 def build(out_dir: str | Path | None = None, scale: float = 1.0, seed: int = 0, log=print,
-          threads: int | None = None, clip_target: str = "pixels", lm_answers: str = "none") -> dict:
+          threads: int | None = None, clip_target: str = "pixels", lm_answers: str = "none",
+          world: str = DEFAULT_WORLD) -> dict:
     """Train and save every toy asset into ``out_dir`` (default: :func:`assets_dir`).
 
     ``clip_target``: what the toy CLIP's patch tokens are trained to tell besides their grid
@@ -112,6 +122,7 @@ def build(out_dir: str | Path | None = None, scale: float = 1.0, seed: int = 0, 
     from ablate.decoder_training import InMemoryPairs, train_decoder
     from ablate.toy import components as C
 
+    check_world(world)
     for name, value, choices in (("clip_target", clip_target, CLIP_TARGETS), ("lm_answers", lm_answers, LM_ANSWERS)):
         if value not in choices:
             raise ValueError(f"{name}={value!r} is not valid; choose one of {list(choices)}")
@@ -124,7 +135,7 @@ def build(out_dir: str | Path | None = None, scale: float = 1.0, seed: int = 0, 
     work.mkdir(parents=True)
     n = _scaled(scale)
     batch = BATCH if scale >= 0.05 else {k: 8 for k in BATCH}  # smoke builds: small batches too
-    info: dict = {"seed": seed, "scale": scale, "threads": torch.get_num_threads(), "sizes": n, "batch": batch,
+    info: dict = {"world": world, "seed": seed, "scale": scale, "threads": torch.get_num_threads(), "sizes": n, "batch": batch,
                   "options": {"clip_target": clip_target, "lm_answers": lm_answers},
                   "provenance": _provenance(), "assets": {}, "quality": {}}
     start, cpu0 = time.perf_counter(), time.process_time()
@@ -133,10 +144,10 @@ def build(out_dir: str | Path | None = None, scale: float = 1.0, seed: int = 0, 
         torch.manual_seed(seed * 1000 + k)
         np.random.seed(seed * 1000 + k)
 
-    log(f"toy build -> {out} (scale {scale}, seed {seed}, {torch.get_num_threads()} threads)")
+    log(f"toy build -> {out} ({world} world, scale {scale}, seed {seed}, {torch.get_num_threads()} threads)")
     with C.Timer() as t:
-        images, captions, scenes = C.toy_pairs(n["images"], seed, "train", SHORT_FRACTION)
-        held_images, held_captions, held_scenes = C.toy_pairs(n["eval_pairs"], seed, "validation")
+        images, captions, scenes = C.toy_pairs(n["images"], seed, "train", SHORT_FRACTION, world=world)
+        held_images, held_captions, held_scenes = C.toy_pairs(n["eval_pairs"], seed, "validation", world=world)
     info["data"] = {"train_pairs": len(images), "held_out_pairs": len(held_images), "image_size": 64,
                     "train_short_fraction": SHORT_FRACTION, "split_seed": seed, **t.info()}
     log(f"rendered {len(images)} + {len(held_images)} scenes in {t.wall:.0f}s")
@@ -242,7 +253,7 @@ def readme(info: dict) -> str:
     r = q["clip_retrieval"]
     return f"""# Toy world assets
 
-Small pretrained components of the toy world, trained by `ablate toy build` (module
+Small pretrained components of the toy world (`{info.get('world', 'free')}` world), trained by `ablate toy build` (module
 `ablate/toy/build.py`) on the procedural scenes of `ablate/toy/scenes.py`, saved with
 `save_pretrained` so they load through the same `from_pretrained` path as real weights.
 Rebuild from scratch (about 10-15 minutes on 2 CPU cores): `ablate toy build [--out DIR] [--scale S]`.

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 
 
-def _build_option(name: str):
-    """An argparse ``type`` checking a value against ``ablate.toy.build.<name>`` when the
-    option is used: importing ``build`` (and torch with it) only then keeps ``--help`` fast."""
+def _build_option(name: str, module: str = "build"):
+    """An argparse ``type`` checking a value against ``ablate.toy.<module>.<name>`` when the
+    option is used: importing the module (and torch with it) only then keeps ``--help`` fast."""
     def check(value: str) -> str:
-        from ablate.toy import build
-
-        if value not in getattr(build, name):
-            raise argparse.ArgumentTypeError(f"{value!r} is not one of {list(getattr(build, name))}")
+        choices = getattr(importlib.import_module(f"ablate.toy.{module}"), name)
+        if value not in choices:
+            raise argparse.ArgumentTypeError(f"{value!r} is not one of {list(choices)}")
         return value
 
     check.__name__ = name.lower()  # what argparse calls the type in its messages
@@ -24,7 +24,8 @@ def _toy_build(args) -> None:
     from ablate.toy.build import build
 
     info = build(args.out, scale=args.scale, seed=args.seed, threads=args.threads,
-                 clip_target=args.clip_target, lm_answers=args.lm_answers)
+                 clip_target=args.clip_target, lm_answers=args.lm_answers,
+                 **({"world": args.world} if args.world else {}))
     print(json.dumps({"out": args.out or "ablate/toy/assets", "wall_s": info["wall_s"],
                       "sizes_mb": info["sizes_mb"], "quality": info["quality"]}, indent=1))
 
@@ -40,7 +41,7 @@ def _toy_data(args) -> None:
     from ablate.toy.demo import TOY_DATA, prepare_toy_data
 
     sizes = {k: max(8, int(v * args.scale)) for k, v in TOY_DATA.items() if k.startswith("n_")}
-    print(prepare_toy_data(args.out, seed=args.seed, **sizes))
+    print(prepare_toy_data(args.out, world=args.world, seed=args.seed, **sizes))
 
 
 def add_commands(sub) -> None:
@@ -58,11 +59,15 @@ def add_commands(sub) -> None:
     b.add_argument("--lm-answers", type=_build_option("LM_ANSWERS"), default="none",
                    help="none | restatement. none (shipped): the LM's training texts end at the generation prompt; "
                         "restatement: it answers with the caption's content (ablate.toy.scenes.restatement)")
+    b.add_argument("--world", type=_build_option("WORLDS", "scenes"), default=None,
+                   help="free | slots: the toy world to train on (default: ablate.toy.scenes.DEFAULT_WORLD)")
     b.set_defaults(func=_toy_build)
     d = toy.add_parser("data", help="write toy training shards + GenEval/DPG/MJHQ-format benchmark files")
     d.add_argument("--out", default="data/toy", help="output folder (default: data/toy, what the demo reads)")
     d.add_argument("--scale", type=float, default=1.0, help="shrink the number of scenes")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--world", type=_build_option("WORLDS", "scenes"), default=None,
+                   help="the toy world (default: the one the shipped assets were built on)")
     d.set_defaults(func=_toy_data)
     c = toy.add_parser("check", help="say where the toy assets are, or what is missing")
     c.add_argument("path", nargs="?", default=None)

@@ -18,23 +18,25 @@ TOY_DATA = {"seed": 0, "n_train": 6000, "n_validation": 200, "shard_size": 1000,
             "n_geneval": 120, "n_dpg": 60, "n_mjhq": 400}
 
 
-def prepare_toy_data(out: str | Path = DATA_DIR, **sizes) -> Path:
-    """Write the toy shards and benchmark files under ``out`` unless the same set is there."""
+def prepare_toy_data(out: str | Path = DATA_DIR, world: str | None = None, **sizes) -> Path:
+    """Write the toy shards and benchmark files of ``world`` (default: the world the shipped
+    assets were built on) under ``out`` unless the same set is there."""
     from ablate.toy.benchmarks import write_benchmarks
+    from ablate.toy.build import assets_world
     from ablate.toy.shards import write_shards
 
     out = Path(out)
-    spec = {**TOY_DATA, **sizes}
+    spec = {**TOY_DATA, **sizes, "world": world or assets_world()}
     stamp = out / "toy_data.json"
     if stamp.is_file() and json.loads(stamp.read_text()) == spec:
         return out
     start = time.time()
-    print(f"toy data: rendering {spec['n_train']} training scenes and the benchmarks into {out}/ ...",
-          flush=True)
+    print(f"toy data: rendering {spec['n_train']} training scenes of the {spec['world']} world and the "
+          f"benchmarks into {out}/ ...", flush=True)
     write_shards(out / "shards", spec["n_train"], spec["n_validation"], seed=spec["seed"],
-                 shard_size=spec["shard_size"])
+                 shard_size=spec["shard_size"], world=spec["world"])
     write_benchmarks(out / "benchmarks", seed=spec["seed"], n_geneval=spec["n_geneval"],
-                     n_dpg=spec["n_dpg"], n_mjhq=spec["n_mjhq"])
+                     n_dpg=spec["n_dpg"], n_mjhq=spec["n_mjhq"], world=spec["world"])
     stamp.write_text(json.dumps(spec, indent=2))
     print(f"toy data: done in {time.time() - start:.0f}s", flush=True)
     return out

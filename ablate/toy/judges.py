@@ -26,6 +26,7 @@ from ablate.toy.scenes import (
     BACKGROUND_WORDS,
     BACKGROUNDS,
     COLORS,
+    DEFAULT_WORLD,
     SHAPES,
     SIZES,
     Obj,
@@ -317,7 +318,8 @@ def _match(o: Obj, detections: dict[str, list[dict]], size: int) -> dict | None:
     return near[0] if near else None
 
 
-def validate(n: int = 200, seed: int = 0, corrupt: str = "none", size: int = 64) -> dict[str, float]:
+def validate(n: int = 200, seed: int = 0, corrupt: str = "none", size: int = 64,
+             world: str = DEFAULT_WORLD) -> dict[str, float]:
     """Judge accuracy on ``n`` held-out renders (the "test" seed stream, never trained on):
     presence (per image x shape), count (per present shape; also with GenEval's 0.9 counting
     threshold), colour and relation (per ground-truth object / unambiguous pair, matched by
@@ -328,7 +330,7 @@ def validate(n: int = 200, seed: int = 0, corrupt: str = "none", size: int = 64)
     hits = {k: [] for k in ("presence", "count", "count@0.9", "color", "relation", "vqa_yes", "vqa_no")}
     for i in range(n):
         rng = sample_rng(i, seed, "test")
-        scene = sample_scene(rng)
+        scene = sample_scene(rng, world=world)
         image = corrupt_image(render(scene, size), corrupt, rng)
         found = det.detect_one(image)
         kept = {k: [d for d in v if d["score"] > SCORE_THRESHOLD] for k, v in found.items()}

@@ -4,6 +4,16 @@ A scene holds 1-4 non-overlapping objects (shape, colour, size class, centre). E
 deterministic given a ``numpy.random.Generator``; ``render`` takes no randomness at all, so a
 scene's JSON is its full ground truth (for captions, benchmarks and judge validation).
 
+Two worlds (``WORLDS``), a recorded setting that every writer of scenes takes as ``world=``:
+
+- ``free`` (the first toy world): objects of 24-38 % of the image side anywhere on the image
+  (2-3 tokens of the 8x8 CLIP grid, 4-6 cells of the 16x16 VAE latent grid);
+- ``slots``: objects large relative to the target grids at a few coarse positions: one object
+  at the centre (50-62 % of the side: >= 4x4 CLIP tokens, >= 8x8 latent cells); two side by side
+  (left / right) or stacked (above / below); three or four in the quadrants (38-44 % of the
+  side). Measured: heads learn the shapes of such objects within minutes; of the free world's
+  objects not in hours (``results/reference/positive_control/``).
+
 Coordinates: ``x, y`` are the object's centre as fractions of the image side (y grows
 downward, as in image pixels); boxes are ``[x0, y0, x1, y1]`` in pixels of the rendered size.
 """
@@ -35,6 +45,20 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
 BACKGROUND_WORDS = {"gray": "gray", "beige": "beige", "sky": "light blue", "mint": "light green"}
 SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond", "ring")
 SIZES: dict[str, float] = {"small": 0.24, "medium": 0.31, "large": 0.38}  # side / image side
+WORLDS = ("free", "slots")
+DEFAULT_WORLD = "free"  # the world of the shipped assets (``ablate/toy/assets/build_info.json``)
+# The slots world: object sides (fraction of the image side) by size class, alone or with others,
+# and the slot centres by layout. Two-object layouts put the pair on one axis, so exactly one
+# GenEval relation holds between them; quadrant neighbours share a row or a column.
+SLOT_SIDES = {"alone": {"small": 0.50, "medium": 0.56, "large": 0.62},
+              "shared": {"small": 0.38, "medium": 0.41, "large": 0.44}}
+_QUADRANTS = [(0.25, 0.25), (0.75, 0.25), (0.25, 0.75), (0.75, 0.75)]
+SLOT_LAYOUTS: dict[int, list[list[tuple[float, float]]]] = {
+    1: [[(0.5, 0.5)]],
+    2: [[(0.25, 0.5), (0.75, 0.5)], [(0.5, 0.25), (0.5, 0.75)]],
+    3: [[q for q in _QUADRANTS if q != empty] for empty in _QUADRANTS],
+    4: [_QUADRANTS],
+}
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five"}
 MAX_OBJECTS = 4
 MARGIN = 0.04  # empty border (fraction of the side): the border pixels are pure background
@@ -78,10 +102,22 @@ class Obj:
     size: str  # "small" | "medium" | "large"
     x: float  # centre, fraction of the image width
     y: float  # centre, fraction of the image height (downward)
+    side: float | None = None  # drawn size, fraction of the image side (None: SIZES[size], free world)
+
+    @property
+    def extent(self) -> float:
+        """The drawn size as a fraction of the image side."""
+        return SIZES[self.size] if self.side is None else self.side
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if self.side is None:  # free-world scenes keep their original JSON
+            d.pop("side")
+        return d
 
     def box(self, image_size: int = 64) -> list[float]:
         """Pixel box [x0, y0, x1, y1] of the drawn shape at ``image_size``."""
-        d = SIZES[self.size] * image_size
+        d = self.extent * image_size
         ex0, ey0, ex1, ey1 = shape_extent(self.shape)
         cx, cy = self.x * image_size, self.y * image_size
         return [cx + ex0 * d, cy + ey0 * d, cx + ex1 * d, cy + ey1 * d]
@@ -95,9 +131,13 @@ class Obj:
 class Scene:
     objects: list[Obj] = field(default_factory=list)
     background: str = "gray"
+    world: str = "free"
 
     def to_dict(self) -> dict:
-        return {"background": self.background, "objects": [asdict(o) for o in self.objects]}
+        d = {"background": self.background, "objects": [o.to_dict() for o in self.objects]}
+        if self.world != "free":  # free-world scenes keep their original JSON
+            d["world"] = self.world
+        return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -105,7 +145,7 @@ class Scene:
     @classmethod
     def from_dict(cls, d: dict | str) -> Scene:
         d = json.loads(d) if isinstance(d, str) else d
-        return cls([Obj(**o) for o in d["objects"]], d["background"])
+        return cls([Obj(**o) for o in d["objects"]], d["background"], d.get("world", "free"))
 
     def counts(self) -> Counter:
         return Counter(o.shape for o in self.objects)
@@ -127,9 +167,19 @@ def _boxes_clear(a, b, gap: float) -> bool:
     return a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1]
 
 
-def place(objs: list[Obj], rng: np.random.Generator, check=None, tries: int = 60) -> bool:
+def check_world(world: str) -> str:
+    if world not in WORLDS:
+        raise ValueError(f"world {world!r} is not valid; choose one of {list(WORLDS)}")
+    return world
+
+
+def place(objs: list[Obj], rng: np.random.Generator, check=None, tries: int = 60,
+          world: str = DEFAULT_WORLD) -> bool:
     """Give ``objs`` random non-overlapping centres (in place). ``check(objs) -> bool`` adds a
-    constraint (e.g. a relation). Shrinks the largest object when crowded; False if it failed."""
+    constraint (e.g. a relation). Free world: anywhere, shrinking the largest object when
+    crowded; slots world: a random layout of ``SLOT_LAYOUTS`` and order. False if it failed."""
+    if check_world(world) == "slots":
+        return _place_in_slots(objs, rng, check, tries)
     for _round in range(2 * len(objs) + 1):
         for _ in range(tries):
             boxes: list[list[float]] = []
@@ -150,14 +200,30 @@ def place(objs: list[Obj], rng: np.random.Generator, check=None, tries: int = 60
     return False
 
 
-def sample_scene(rng: np.random.Generator, n_objects: int | None = None) -> Scene:
-    """A random scene: 1-4 objects (shape, colour, size uniform), random background."""
+def _place_in_slots(objs: list[Obj], rng: np.random.Generator, check=None, tries: int = 60) -> bool:
+    layouts = SLOT_LAYOUTS.get(len(objs))
+    if layouts is None:
+        raise ValueError(f"the slots world holds 1-{MAX_OBJECTS} objects, not {len(objs)}")
+    sides = SLOT_SIDES["alone" if len(objs) == 1 else "shared"]
+    for o in objs:
+        o.side = sides[o.size]
+    for _ in range(tries):
+        layout = layouts[int(rng.integers(len(layouts)))]
+        for o, k in zip(objs, rng.permutation(len(objs))):
+            o.x, o.y = layout[int(k)]
+        if check is None or check(objs):
+            return True
+    return False
+
+
+def sample_scene(rng: np.random.Generator, n_objects: int | None = None, world: str = DEFAULT_WORLD) -> Scene:
+    """A random scene of ``world``: 1-4 objects (shape, colour, size uniform), random background."""
     n = int(n_objects or rng.integers(1, MAX_OBJECTS + 1))
     objs = [Obj(str(rng.choice(SHAPES)), str(rng.choice(list(COLORS))), str(rng.choice(list(SIZES))), 0, 0)
             for _ in range(n)]
-    if not place(objs, rng):
+    if not place(objs, rng, world=world):
         raise RuntimeError(f"could not place {n} objects")
-    return Scene(objs, str(rng.choice(list(BACKGROUNDS))))
+    return Scene(objs, str(rng.choice(list(BACKGROUNDS))), world)
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -176,7 +242,7 @@ def render(scene: Scene, size: int = 64) -> Image.Image:
 
 
 def _draw(draw: ImageDraw.ImageDraw, o: Obj, big: int, fill, hole_fill) -> None:
-    d, cx, cy = SIZES[o.size] * big, o.x * big, o.y * big
+    d, cx, cy = o.extent * big, o.x * big, o.y * big
     if o.shape in ("circle", "ring"):
         draw.ellipse([cx - d / 2, cy - d / 2, cx + d / 2, cy + d / 2], fill=fill)
         if o.shape == "ring":
@@ -368,16 +434,17 @@ def sample_rng(index: int, seed: int, split: str) -> np.random.Generator:
 
 
 def make_sample(index: int, seed: int = 0, split: str = "train", size: int = 64,
-                short_fraction: float = 0.2) -> tuple[Image.Image, str, dict]:
+                short_fraction: float = 0.2, world: str = DEFAULT_WORLD) -> tuple[Image.Image, str, dict]:
     """One (image, caption, scene dict) sample; a ``short_fraction`` of captions are short."""
     rng = sample_rng(index, seed, split)
-    scene = sample_scene(rng)
+    scene = sample_scene(rng, world=world)
     style = "short" if rng.random() < short_fraction else "detailed"
     return render(scene, size), caption(scene, rng, style), scene.to_dict()
 
 
-def make_dataset(n: int, seed: int = 0, split: str = "train", size: int = 64,
-                 short_fraction: float = 0.2, start: int = 0) -> Iterator[tuple[Image.Image, str, dict]]:
-    """Samples ``start .. start+n-1`` of a split, deterministically (see ``make_sample``)."""
+def make_dataset(n: int, seed: int = 0, split: str = "train", size: int = 64, short_fraction: float = 0.2,
+                 start: int = 0, world: str = DEFAULT_WORLD) -> Iterator[tuple[Image.Image, str, dict]]:
+    """Samples ``start .. start+n-1`` of a split of ``world``, deterministically (see ``make_sample``)."""
+    check_world(world)
     for i in range(start, start + n):
-        yield make_sample(i, seed, split, size, short_fraction)
+        yield make_sample(i, seed, split, size, short_fraction, world)

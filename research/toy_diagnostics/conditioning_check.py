@@ -1,4 +1,4 @@
-"""Can a cell's flow-matching head read its conditioning? The backbone's query states vs a label.
+"""The positive control: can a cell's head draw the prompted shape and colour? A label vs the LM's states.
 
 A diagnostic for the question "the head learns the image distribution but not the prompt:
 is the conditioning the bottleneck?". On toy single-object scenes (one shape, one colour),
@@ -14,14 +14,23 @@ conditioning of the same shape ``[N, hidden]``:
   mean and std, so the few caption words that change from prompt to prompt are no longer a
   small perturbation of what every prompt shares.
 
-Every ``--every`` steps it samples one image per (colour, shape) for three shapes, decodes
-it with the cell's encoder and asks the toy detector's segmenter what it drew: ``colour``
-(largest object's colour as prompted), ``shape`` (its shape class as prompted) and
-``found`` (any object at all). Chance is 0.1 for colour (ten colours). ``--captions short``
+The ``label`` mode is the positive control of the train -> sample -> decode -> judge chain:
+before any LM is involved, it shows whether the head can follow a prompt at all, in how many
+steps and CPU seconds. ``--world`` picks the toy world of the training scenes (one object
+each; default: the world the shipped assets were built on): in the ``slots`` world the
+object sits at the centre, at 50-62 % of the image side.
+
+Every ``--every`` steps it samples one image per (colour, shape) for ``--probe-shapes``
+(default: all seven), decodes it with the cell's encoder and asks the toy detector's
+segmenter what it drew: ``colour`` (largest object's colour as prompted), ``shape`` (its
+shape class as prompted) and ``found`` (any object at all); ``seconds`` / ``cpu_seconds`` are
+the wall and process CPU time of training (not sampling) so far. Chance is 0.1 for colour
+(ten colours), 1/7 for shape. ``--captions short``
 trains on GenEval-style captions ("a photo of a red circle"); ``mixed`` on the toy grammar's
 caption mix (20 % short, 80 % detailed), as the demo's data does; the samples are always
 prompted with the short form. ``--centre`` puts every object at the image centre, so the
-head has no position to choose and only the colour, shape and size to follow. Results land
+head has no position to choose and only the colour, shape and size to follow (free world;
+the slots world's single objects are centred anyway). Results land
 in ``<out>/<cell>/conditioning_check.csv``, the samples in
 ``<out>/<cell>/samples/<mode>_<step>.png`` (a row per shape, a column per colour). With
 ``--ema 0.999`` every check also samples an exponential moving average of the head's
@@ -29,6 +38,8 @@ weights (rows with ``weights: ema``, samples ``<mode>_ema_<step>.png``), as DiT-
 trainings sample from.
 
     python research/toy_diagnostics/conditioning_check.py experiments/demo.yaml --cell vae+fm --steps 1000
+    python research/toy_diagnostics/conditioning_check.py experiments/demo.yaml --cell vae+fm --modes label \
+        --world slots --steps 2000 --every 250 --set train.lr=1e-3     # the positive control
 
 Figures only; nothing here asserts a target.
 """
@@ -51,14 +62,15 @@ from torch.optim.swa_utils import AveragedModel
 from ablate.data.stream import preprocess
 from ablate.eval.sampling import contact_sheet, to_pil
 from ablate.module import AblationModule
+from ablate.toy.build import assets_world
 from ablate.toy.judges import classify, nearest_color, segment
-from ablate.toy.scenes import COLORS, SHAPES, Scene, caption, render, sample_scene
+from ablate.toy.scenes import COLORS, SHAPES, WORLDS, Scene, caption, render, sample_scene
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling diagnostic's training step
 from objective_only import head_step, load_cell  # noqa: E402
 
 MODES = ("label", "lm", "lm-std")
-PROBE_SHAPES = ("circle", "square", "diamond")  # the samples: every colour x these shapes
+PROBE_SHAPES = SHAPES  # the samples: every colour x these shapes (sessions 5-7 probed circle, square, diamond)
 
 
 def ema_with_warmup(decay: float):
@@ -95,15 +107,16 @@ def centred(scene: Scene) -> Scene:
 
 
 @torch.no_grad()
-def single_object_pairs(module: AblationModule, n: int, captions: str, seed: int, centre: bool = False):
-    """(targets, captions, colour ids, shape ids) of ``n`` rendered one-object scenes,
-    each object at the image centre with ``centre``."""
+def single_object_pairs(module: AblationModule, n: int, captions: str, seed: int, centre: bool = False,
+                        world: str = "free"):
+    """(targets, captions, colour ids, shape ids) of ``n`` rendered one-object scenes of
+    ``world``, each object at the image centre with ``centre``."""
     rng = np.random.default_rng([seed, 7])
     transform = preprocess(module.encoder.resolution)
     device = module.backbone.queries.device
     targets, texts, color_ids, shape_ids = [], [], [], []
     for start in range(0, n, 64):
-        scenes = [sample_scene(rng, 1) for _ in range(min(64, n - start))]
+        scenes = [sample_scene(rng, 1, world) for _ in range(min(64, n - start))]
         if centre:
             scenes = [centred(s) for s in scenes]
         pixels = torch.stack([transform(render(s)) for s in scenes]).to(device)
@@ -155,6 +168,10 @@ def main() -> None:
     p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, from {MODES}")
     p.add_argument("--captions", choices=("short", "mixed"), default="short")
     p.add_argument("--centre", action="store_true", help="every training object at the image centre")
+    p.add_argument("--world", choices=WORLDS, default=None,
+                   help="toy world of the training scenes (default: the shipped assets' world)")
+    p.add_argument("--probe-shapes", default=",".join(PROBE_SHAPES),
+                   help="comma-separated shapes to prompt, each in every colour (default: all)")
     p.add_argument("--out", default="results/conditioning_check")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--ema", type=float, default=0.0,
@@ -168,21 +185,25 @@ def main() -> None:
     if unknown := sorted(set(modes) - set(MODES)):
         raise SystemExit(f"--modes: unknown {unknown}; choose from {list(MODES)}")
 
+    probe_shapes_used = [s for s in args.probe_shapes.split(",") if s]
+    if unknown := sorted(set(probe_shapes_used) - set(SHAPES)):
+        raise SystemExit(f"--probe-shapes: unknown {unknown}; choose from {list(SHAPES)}")
+    args.world = args.world or assets_world()
     run, module, out_dir = load_cell(args, {"conditioning_check": vars(args) | {"modes": modes}})
     device = module.backbone.queries.device
     targets, texts, color_ids, shape_ids = single_object_pairs(module, args.pairs, args.captions, run.seed,
-                                                                  args.centre)
+                                                                  args.centre, args.world)
     color_ids, shape_ids = color_ids.to(device), shape_ids.to(device)
     lm_states = None
     if any(mode != "label" for mode in modes):
         with torch.no_grad():
             lm_states = torch.cat([module.conditioning(texts[i:i + 64]) for i in range(0, len(texts), 64)])
-    print(f"{len(targets)} single-object pairs ({args.captions} captions"
+    print(f"{len(targets)} single-object pairs of the {args.world} world ({args.captions} captions"
           f"{', centred' if args.centre else ''}), targets {tuple(targets.shape[1:])}",
           flush=True)
 
-    probe_colors = [c for _ in PROBE_SHAPES for c in COLORS]
-    probe_shapes = [s for s in PROBE_SHAPES for _ in COLORS]
+    probe_colors = [c for _ in probe_shapes_used for c in COLORS]
+    probe_shapes = [s for s in probe_shapes_used for _ in COLORS]
     probe_c = torch.tensor([list(COLORS).index(c) for c in probe_colors], device=device)
     probe_s = torch.tensor([SHAPES.index(s) for s in probe_shapes], device=device)
     probe_texts = [short_caption(c, s) for c, s in zip(probe_colors, probe_shapes)]
@@ -203,11 +224,14 @@ def main() -> None:
         heads = {"raw": objective}
         if args.ema:
             heads["ema"] = AveragedModel(objective, avg_fn=ema_with_warmup(args.ema), use_buffers=True)
-        losses, start = [], time.time()
+        losses, train_s, train_cpu_s = [], 0.0, 0.0
         for step in range(1, args.steps + 1):
+            t0, c0 = time.perf_counter(), time.process_time()
             losses.append(head_step(objective, opt, params, conds, targets, run, step, order))
             if args.ema:
                 heads["ema"].update_parameters(objective)
+            train_s += time.perf_counter() - t0
+            train_cpu_s += time.process_time() - c0
             if step % args.every == 0 or step == args.steps:
                 for weights, head in heads.items():
                     head.eval()
@@ -220,12 +244,14 @@ def main() -> None:
                     name = mode if weights == "raw" else f"{mode}_ema"
                     contact_sheet(images, columns=len(COLORS)).save(samples_dir / f"{name}_{step:07d}.png")
                     rows.append({"mode": mode, "weights": weights, "step": step,
-                                 "loss": float(np.mean(losses[-args.every:])), **scores, "seconds": time.time() - start})
+                                 "loss": float(np.mean(losses[-args.every:])), **scores,
+                                 "seconds": round(train_s, 1), "cpu_seconds": round(train_cpu_s, 1)})
                     print(f"{name} step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in rows[-1].items()
                                                               if k not in ("mode", "weights", "step")), flush=True)
                 pd.DataFrame(rows).to_csv(out_dir / "conditioning_check.csv", index=False)
-    table = pd.DataFrame(rows).pivot(index="step", columns=["mode", "weights"], values="colour")
-    print(f"\ncolour accuracy of the samples (chance {1 / len(COLORS):.2f}):\n{table.to_string()}")
+    for what, chance in (("colour", 1 / len(COLORS)), ("shape", 1 / len(probe_shapes_used))):
+        table = pd.DataFrame(rows).pivot(index="step", columns=["mode", "weights"], values=what)
+        print(f"\n{what} accuracy of the samples (chance {chance:.2f}):\n{table.to_string()}")
 
 
 if __name__ == "__main__":
