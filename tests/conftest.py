@@ -268,3 +268,21 @@ def shrink_study(spec: dict, tiny_models: dict, tiny_shards: str, results_dir) -
                 sweep["metric"].split("/")[0] not in kept:
             sweep.update(metric="train/loss", direction="minimize")  # its judge was dropped
     return spec
+
+
+# ---- a cheap eval metric for runs in the tests, named in specs as conftest.FeatureMean ----
+
+from dataclasses import dataclass  # noqa: E402
+
+from ablate.eval.metrics import Metric  # noqa: E402
+
+
+class FeatureMean(Metric):
+    """A cheap eval metric (higher is better): mean of one sampled feature grid."""
+
+    @dataclass
+    class Config:
+        pass
+
+    def compute(self, generator, out_dir):
+        return {"probe/mean": generator.features(["a red circle"], [0]).mean().item()}

@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -24,7 +23,6 @@ from test_study import study_spec, sweep_spec
 
 from ablate.cli import main
 from ablate.config import parse_run
-from ablate.eval.metrics import Metric
 from ablate.provenance import git_state
 from ablate.study.grid import run_grid
 from ablate.study.plots import plot
@@ -90,13 +88,6 @@ def test_all_corrupt_data_fails_the_run_instead_of_finishing(tiny_models, tmp_pa
 # ---- 2. resume keeps the evaluation at the resume step -----------------------------------
 
 
-class FeatureMean(Metric):
-    @dataclass
-    class Config:
-        pass
-
-    def compute(self, generator, out_dir):
-        return {"probe/mean": generator.features(["a red circle"], [0]).mean().item()}
 
 
 class CrashAt(L.Callback):
@@ -120,7 +111,7 @@ def comparable(run_dir: Path) -> pd.DataFrame:
 def test_resumed_metrics_equal_an_uninterrupted_run_row_for_row(tiny_models, tiny_shards, tmp_path):
     spec = tiny_run_spec(tiny_models, tiny_shards, tmp_path / "a", "vae", "mse", max_steps=6,
                          checkpoint_every_n_steps=2)
-    spec["eval"] = {"every_n_steps": 2, "sample_prompts": [], "metrics": [{"name": "test_recovery.FeatureMean"}]}
+    spec["eval"] = {"every_n_steps": 2, "sample_prompts": [], "metrics": [{"name": "conftest.FeatureMean"}]}
     straight = comparable(fit(parse_run(spec)))
     assert list(straight.dropna(subset=["probe/mean"])["step"]) == [0, 2, 4, 6]
     for case, edit in (("kept", None), ("lost", "drop the eval row at the resume step")):

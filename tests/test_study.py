@@ -2,7 +2,6 @@
 resume), results table, plots and final table — on tiny models, 1-3 steps per run."""
 
 import time
-from dataclasses import dataclass
 
 import lightning as L
 import optuna
@@ -13,7 +12,6 @@ from conftest import tiny_run_spec, write_spec
 
 from ablate.cli import main
 from ablate.config import ConfigError
-from ablate.eval.metrics import Metric
 from ablate.study.grid import run_grid
 from ablate.study.plots import plot
 from ablate.study.results import collect
@@ -239,15 +237,6 @@ def test_dead_worker_trial_is_retried_after_its_heartbeat_stops(tiny_models, tin
 # ---- results, plots, final table -------------------------------------------------------
 
 
-class FeatureMean(Metric):
-    """A cheap eval metric (higher is better): mean of one sampled feature grid."""
-
-    @dataclass
-    class Config:
-        pass
-
-    def compute(self, generator, out_dir):
-        return {"probe/mean": generator.features(["a red circle"], [0]).mean().item()}
 
 
 @pytest.fixture(scope="module")
@@ -256,7 +245,7 @@ def finished_grid(tiny_models, tiny_shards, tmp_path_factory):
     spec = study_spec(tiny_models, tiny_shards, root, max_steps=2)
     spec["grid"] = {"seed": [0, 1]}
     spec["base"]["eval"] = {"every_n_steps": 1, "sample_prompts": [],
-                            "metrics": [{"name": "test_study.FeatureMean"}]}
+                            "metrics": [{"name": "conftest.FeatureMean"}]}
     outcomes = run_grid(parse_study(spec, "grid.yaml"), echo=lambda *_: None)
     assert [o.result for o in outcomes] == ["finished"] * 4
     return root / "tiny"

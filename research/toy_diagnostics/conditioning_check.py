@@ -245,7 +245,7 @@ def main() -> None:
                     contact_sheet(images, columns=len(COLORS)).save(samples_dir / f"{name}_{step:07d}.png")
                     rows.append({"mode": mode, "weights": weights, "step": step,
                                  "loss": float(np.mean(losses[-args.every:])), **scores,
-                                 "seconds": round(train_s, 1), "cpu_seconds": round(train_cpu_s, 1)})
+                                 "seconds": round(train_s, 4), "cpu_seconds": round(train_cpu_s, 4)})
                     print(f"{name} step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in rows[-1].items()
                                                               if k not in ("mode", "weights", "step")), flush=True)
                 pd.DataFrame(rows).to_csv(out_dir / "conditioning_check.csv", index=False)
