@@ -52,7 +52,7 @@ def wheel(session: nox.Session) -> None:
     session.run("ablate", "--help", silent=True)
     session.run("ablate", "list")
     session.run("ablate", "demo", "--smoke", *session.posargs, env=TEST_ENV)
-    assert (work / "results" / "demo" / "summary.csv").is_file(), "the demo wrote no results/ here"
+    assert (work / "results" / "smoke" / "demo" / "summary.csv").is_file(), "the demo wrote no results/ here"
 
 
 @nox.session

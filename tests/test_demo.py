@@ -14,12 +14,13 @@ def test_shrunk_demo_end_to_end(tmp_path, monkeypatch):
     check_assets()  # the shipped assets load (else: run `ablate toy build`)
     monkeypatch.chdir(tmp_path)
     assert main(["demo", "--smoke"]) == 0
-    results = tmp_path / "results" / "demo"
+    results = tmp_path / "results" / "smoke" / "demo"
     summary = pd.read_csv(results / "summary.csv")
     assert set(summary["cell"]) == {"clip+mse", "clip+fm", "vae+fm", "vae+mse"}
     assert summary["geneval/overall"].notna().sum() == 4 and summary["dpg/overall"].notna().sum() == 4
     assert (results / "curves_step.png").is_file() and (results / "final_table.md").is_file()
     assert (tmp_path / "data" / "toy" / "toy_data.json").is_file()
+    assert not (tmp_path / "results" / "demo").exists()  # the real demo's folder stays untouched
 
 
 def test_demo_study_file_is_valid():

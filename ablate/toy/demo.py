@@ -56,11 +56,13 @@ SMOKE_METRICS = (
     "judge: {name: toy-detector}, max_prompts: 3, images_per_prompt: 1}, "
     f"{{name: dpg, bench_dir: {DATA_DIR}/benchmarks/dpg_bench, judge: {{name: toy-vqa}}, max_prompts: 1}}, "
     "{name: diversity, num_prompts: 1, num_seeds: 2, prompts: [a photo of a red circle]}]")
-SMOKE_OVERRIDES = ("train.max_steps=2", "eval.every_n_steps=0", "eval.at_start=false", "data.batch_size=4",
+# results/smoke/: a smoke run never stands in the way of (or for) the real demo's results/demo/
+SMOKE_OVERRIDES = ("results_dir=results/smoke", "train.max_steps=2", "eval.every_n_steps=0", "eval.at_start=false", "data.batch_size=4",
                    "eval.sample_steps=2", "eval.sample_prompts=[]", f"eval.metrics={SMOKE_METRICS}")
 
 
-def run_demo(study_path: str | Path | None = None, overrides=(), data_scale: float = 1.0) -> Path:
+def run_demo(study_path: str | Path | None = None, overrides=(), data_scale: float = 1.0,
+             rerun_changed: bool = False) -> Path:
     from ablate.study.grid import run_grid
     from ablate.study.plots import plot
     from ablate.study.spec import load_study
@@ -69,7 +71,7 @@ def run_demo(study_path: str | Path | None = None, overrides=(), data_scale: flo
     study = load_study(study_path or default_study(), overrides)
     prepare_toy_data(**{k: max(8, int(v * data_scale)) for k, v in TOY_DATA.items()
                         if k.startswith("n_")})
-    outcomes = run_grid(study)
+    outcomes = run_grid(study, rerun_changed=rerun_changed)
     failed = [o.cell.name for o in outcomes if o.result == "failed"]
     out = plot(study.study_dir)
     print(out["markdown"].read_text())
@@ -82,9 +84,10 @@ def run_demo(study_path: str | Path | None = None, overrides=(), data_scale: flo
 
 def _demo(args) -> None:
     if args.smoke:
-        run_demo(args.study, [*SMOKE_OVERRIDES, *args.set], args.data_scale or SMOKE_DATA_SCALE)
+        run_demo(args.study, [*SMOKE_OVERRIDES, *args.set], args.data_scale or SMOKE_DATA_SCALE,
+                 args.rerun_changed)
     else:
-        run_demo(args.study, args.set, args.data_scale or 1.0)
+        run_demo(args.study, args.set, args.data_scale or 1.0, args.rerun_changed)
 
 
 def add_commands(sub) -> None:
@@ -95,5 +98,8 @@ def add_commands(sub) -> None:
     p.add_argument("--data-scale", type=float, default=None,
                    help="shrink the toy data and benchmark files (default 1.0; --smoke: 0.02)")
     p.add_argument("--smoke", action="store_true",
-                   help="a check that every stage runs: 2 steps per cell, a little data, a small eval")
+                   help="a check that every stage runs: 2 steps per cell, a little data, a small eval "
+                        "(results in results/smoke/demo)")
+    p.add_argument("--rerun-changed", action="store_true",
+                   help="run again, from scratch, finished cells whose spec changed (e.g. another --set)")
     p.set_defaults(func=_demo)
