@@ -258,7 +258,7 @@ def bench(run, steps: int = 10, warmup: int = 2, device: str | None = None, base
     (``baseline_full_prompt=False``: it keeps the prompt-cache reuse, i.e. only the feature
     cache and compile are off)."""
     from ablate.data.cache import ensure_cache
-    from ablate.module import AblationModule
+    from ablate.module import FROZEN_PREFIXES, AblationModule
     from ablate.train import resolve_precision
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -269,7 +269,7 @@ def bench(run, steps: int = 10, warmup: int = 2, device: str | None = None, base
     module.train()
     module.objective.gradient_checkpointing = run.train.gradient_checkpointing
     initial = {k: v.detach().clone() for k, v in module.state_dict().items()
-               if not k.startswith(("backbone.lm.", "encoder."))}
+               if not k.startswith(FROZEN_PREFIXES)}
     result = {"run": run.name, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
               "precision": resolve_precision(run.train.precision), "batch_size": run.data.batch_size,
               "steps_timed": steps, "cache_fill_s": fill_s}

@@ -20,11 +20,11 @@ from torch import nn
 
 from ablate.config import parse_run
 from ablate.ema import ema_state
+from ablate.module import FROZEN_PREFIXES
 from ablate.registry import get_registry
 
 FORMAT = "ablate-head"
 WEIGHTS = "model.safetensors"
-FROZEN_PREFIXES = ("backbone.lm.", "encoder.")
 
 
 class ExportedHead(nn.Module):
