@@ -56,7 +56,8 @@ def to_sample(record: dict, transform) -> dict:
     return {"pixels": transform(image), "caption": caption}
 
 
-def _rank_and_world() -> tuple[int, int]:
+def rank_and_world() -> tuple[int, int]:
+    """(this process's rank, the number of ranks); (0, 1) outside torch.distributed."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
@@ -124,7 +125,7 @@ class ImageCaptionStream(IterableDataset):
         # worker (w + K) % workers had, dropping its share of the first K batches.
         worker = (worker + self.skip_batches) % workers
         own_skip = max(0, -(-(self.skip_batches - worker) // workers)) * self.batch_size
-        rank, world = _rank_and_world()
+        rank, world = rank_and_world()
         reader, readers = rank * workers + worker, world * workers
         rng = random.Random(f"{self.seed}-{reader}")
         good, bad = 0, Counter()

@@ -22,8 +22,9 @@ from pathlib import Path
 import lightning as L
 
 from ablate.config import RunConfig
+from ablate.data.stream import rank_and_world
 from ablate.ema import ema_weights
-from ablate.eval.sampling import ImageGenerator, rank_and_world, save_samples
+from ablate.eval.sampling import ImageGenerator, save_samples
 from ablate.registry import get_registry
 
 log = logging.getLogger("ablate.eval")

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ablate.data.stream import rank_and_world
 from ablate.rng import generators
 
 
@@ -28,14 +29,6 @@ def sample_seed(prompt: str, index: int = 0) -> int:
     """A stable 31-bit seed for sample ``index`` of ``prompt``: the same in every run, eval
     step, machine and process (crc32, unlike ``hash``)."""
     return zlib.crc32(f"{index}\x00{prompt}".encode()) & 0x7FFFFFFF
-
-
-def rank_and_world() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def split_gather(fn, prompts: list[str], seeds: list[int]) -> list:
