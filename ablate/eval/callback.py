@@ -5,8 +5,10 @@ A metric that fails is logged with its error and training goes on; each metric's
 logged (``time/eval/<name>``) so the overhead of measuring is visible.
 
 With several ranks every rank evaluates: the image generator splits sampling and decoding
-across them and gathers the images (``ablate.eval.sampling``). Rank 0 writes the run's
-files and logs; the other ranks write into a private scratch folder, deleted after.
+across them and gathers the images, and the scorers split judging and feature extraction
+the same way (``ablate.eval.sampling.split_map``), so each rank does 1/N of the work and
+all get the single-process numbers. Rank 0 writes the run's files and logs (and the FID
+reference cache); the other ranks write into a private scratch folder, deleted after.
 """
 
 from __future__ import annotations

@@ -9,7 +9,9 @@ its two methods, so a metric never needs to know the encoder or objective:
 Under ``torch.distributed`` (DDP / FSDP training, several ranks) each rank samples and
 decodes every ``world``-th item and the parts are gathered, in order, on every rank: an
 eval on N ranks samples 1/N of the images each. The seeds are per item, so the images do
-not depend on the split.
+not depend on the split. The scorers split their per-item work (judging an image,
+extracting its features) the same way with :func:`split_map`, and aggregate the gathered
+results on every rank.
 """
 
 from __future__ import annotations
@@ -31,25 +33,58 @@ def sample_seed(prompt: str, index: int = 0) -> int:
     return zlib.crc32(f"{index}\x00{prompt}".encode()) & 0x7FFFFFFF
 
 
-def split_gather(fn, prompts: list[str], seeds: list[int]) -> list:
-    """``fn(prompts, seeds) -> list`` run on this rank's share of the items (every
-    ``world``-th, from ``rank``), gathered from all ranks back into the items' order."""
-    import torch.distributed as dist
+class RankFailed(RuntimeError):
+    """Another rank failed its share of a split computation."""
 
-    if len(prompts) != len(seeds):
-        raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+
+def gather(value) -> list:
+    """``value`` of every rank, in rank order, on every rank (``[value]`` with one rank)."""
     rank, world = rank_and_world()
     if world == 1:
-        return list(fn(prompts, seeds))
-    mine = list(range(rank, len(prompts), world))
-    part = list(fn([prompts[i] for i in mine], [seeds[i] for i in mine])) if mine else []
+        return [value]
+    import torch.distributed as dist
+
     parts = [None] * world
-    dist.all_gather_object(parts, (mine, part))
-    out = [None] * len(prompts)
-    for index, items in parts:
-        for i, item in zip(index, items):
-            out[i] = item
+    dist.all_gather_object(parts, value)
+    return parts
+
+
+def split_map(fn, items: list) -> list:
+    """``fn(share) -> one result per item of share``, run on this rank's share of ``items``
+    (every ``world``-th, from ``rank``), the results of all ranks gathered back into the
+    items' order on every rank. Call it on every rank with the same items.
+
+    A rank whose share fails still takes part in the gather, sending the error, so the
+    other ranks raise ``RankFailed`` instead of waiting for it forever.
+    """
+    rank, world = rank_and_world()
+    if world == 1:
+        return list(fn(items))
+    share = list(items)[rank::world]
+    try:
+        part = list(fn(share)) if share else []
+        if len(part) != len(share):
+            raise ValueError(f"split_map: {len(part)} results for {len(share)} items")
+    except Exception as exn:
+        gather(RankFailed(f"rank {rank}: {type(exn).__name__}: {exn}"))
+        raise
+    parts = gather(part)
+    failed = [p for p in parts if isinstance(p, RankFailed)]
+    if failed:
+        raise failed[0]
+    out = [None] * len(items)
+    for r, results in enumerate(parts):
+        out[r::world] = results
     return out
+
+
+def split_gather(fn, prompts: list[str], seeds: list[int]) -> list:
+    """``fn(prompts, seeds) -> list`` run on this rank's share of the items, gathered from
+    all ranks back into the items' order (:func:`split_map` over (prompt, seed) pairs)."""
+    if len(prompts) != len(seeds):
+        raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+    return split_map(lambda share: fn([p for p, _ in share], [s for _, s in share]),
+                     list(zip(prompts, seeds)))
 
 
 def to_pil(pixels: torch.Tensor) -> list[Image.Image]:

@@ -65,6 +65,7 @@ class ExternalJudge:
         shell: bool = False  # run through /bin/sh (pipes, &&, conda activate ...)
         timeout_s: float | None = None
         work_dir: str | None = None  # where detect/vqa inputs go; None: a temp dir, removed
+        # (with several ranks, each uses its own rank<N>/ under work_dir)
         stderr_tail: int = 3000  # characters of stderr quoted in errors
 
         def __post_init__(self):
@@ -162,7 +163,7 @@ class ExternalJudge:
     # ---- modes detect and vqa: images + jsonl in, jsonl out ---------------------------
     def _exchange(self, images: list[Image.Image], rows: list[dict], answer_key: str) -> list:
         with tempfile.TemporaryDirectory(prefix="ablate-judge-") as tmp:
-            work = Path(self.cfg.work_dir or tmp)
+            work = self._work_dir() or Path(tmp)
             (work / "images").mkdir(parents=True, exist_ok=True)
             input_path, out_path = work / "input.jsonl", work / "output.jsonl"
             out_path.unlink(missing_ok=True)
@@ -178,6 +179,15 @@ class ExternalJudge:
             raise ExternalJudgeError(f"external judge: no {answer_key!r} for image ids "
                                      f"{missing[:10]} in its output")
         return [by_id[i] for i in range(len(images))]
+
+    def _work_dir(self) -> Path | None:
+        if not self.cfg.work_dir:
+            return None
+        from ablate.data.stream import rank_and_world
+
+        rank, world = rank_and_world()
+        # ranks judge their own shares at the same time: one folder each
+        return Path(self.cfg.work_dir) / f"rank{rank}" if world > 1 else Path(self.cfg.work_dir)
 
     def detect(self, images: list[Image.Image], metadata: list[dict]) -> list[dict[str, list[dict]]]:
         self._require("detect")

@@ -25,11 +25,11 @@ from ablate.eval.sampling import sample_seed
 from ablate.eval.scorers.fid import (
     FIDSettings,
     build_feature_extractor,
-    extract_features,
     fid_by_category,
     read_mjhq,
     reference_features,
     select_subset,
+    split_features,
 )
 from ablate.registry import register
 
@@ -96,8 +96,8 @@ class FIDMetric(Metric):
                 if start + k < self.cfg.keep_images:
                     samples.mkdir(parents=True, exist_ok=True)
                     image.save(samples / f"{item.category}_{item.id}.png")
-            feats.append(extract_features(images, self.extractor(), self.settings,
-                                          self.cfg.batch_size))
+            feats.append(split_features(images, self.extractor(), self.settings,
+                                        self.cfg.batch_size))
         scores = fid_by_category(np.concatenate(feats), [it.category for it in items],
                                  ref_feats, ref_cats, self.cfg.per_category)
         values = {f"fid/{k}": v for k, v in scores.items()}

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ablate.eval.sampling import sample_seed
-from ablate.eval.scorers.fid import FIDSettings, extract_features
+from ablate.eval.scorers.fid import FIDSettings, split_features
 
 
 def mean_pairwise_distance(features: torch.Tensor, distance: Literal["l2", "cosine"] = "l2") -> float:
@@ -62,6 +62,6 @@ def diversity(generator, prompts: list[str], num_seeds: int, image_extractor: nn
     out = {"feature": mean_pairwise_distance(feats.reshape(k, m, *feats.shape[1:]), distance)}
     if image_extractor is not None:
         images = [im for p, s in chunks for im in generator.images(p, s)]
-        img_feats = torch.from_numpy(extract_features(images, image_extractor, settings, batch_size))
+        img_feats = torch.from_numpy(split_features(images, image_extractor, settings, batch_size))
         out["image"] = mean_pairwise_distance(img_feats.reshape(k, m, -1), distance)
     return out

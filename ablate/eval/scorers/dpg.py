@@ -250,6 +250,21 @@ def aggregate(items: list[DPGItem], results: list[ItemResult],
 # --------------------------------------------------------------------------------------
 
 
+def judge_item(item: DPGItem, judge, path: Path) -> ItemResult:
+    """Every question of ``item`` on every crop of its 2x2 tile at ``path``, scored."""
+    with Image.open(path) as im:
+        crops = split_2x2(im.convert("RGB"))
+    qids = [q.proposition_id for q in item.questions]
+    questions = [q.question for q in item.questions]
+    answers = judge.answer(crops, [questions] * len(crops))
+    if len(answers) != len(crops) or any(len(a) != len(qids) for a in answers):
+        raise ValueError(f"judge {type(judge).__name__} returned answers of the wrong shape "
+                         f"for {path}: expected {len(crops)} x {len(qids)}")
+    per_crop = [dict(zip(qids, a)) for a in answers]
+    crop_scores = [crop_score(item.dependencies, a) for a in per_crop]
+    return ItemResult(item.item_id, sum(crop_scores) / len(crop_scores), crop_scores, per_crop)
+
+
 def evaluate_folder(items: list[DPGItem], judge, image_dir: str | Path, out_dir: str | Path | None = None,
                     require_all: bool = True, category_crops: Literal["all", "last"] = "all") -> dict:
     """Score ``<image_dir>/<item_id>.png`` (2x2 tiles) with a VQA judge.
@@ -258,29 +273,19 @@ def evaluate_folder(items: list[DPGItem], judge, image_dir: str | Path, out_dir:
     ``dpg_results.jsonl`` (one line per prompt) and ``dpg_summary.json`` to ``out_dir``
     when given; returns the summary of :func:`aggregate`. With ``require_all=False``
     missing images are skipped (as the reference does, it scores what is in the folder).
+    With several ranks each judges its share of the prompts (``ablate.eval.sampling.split_map``).
     """
+    from ablate.eval.sampling import split_map  # torch: only when judging, not for the rules
+
     image_dir = Path(image_dir)
     missing = [it.item_id for it in items if not (image_dir / f"{it.item_id}.png").is_file()]
     if missing and require_all:
         raise FileNotFoundError(f"{image_dir}: {len(missing)} of {len(items)} DPG images missing, "
                                 f"e.g. {missing[0]}.png")
-    results = []
-    for item in items:
-        path = image_dir / f"{item.item_id}.png"
-        if not path.is_file():
-            continue
-        with Image.open(path) as im:
-            crops = split_2x2(im.convert("RGB"))
-        qids = [q.proposition_id for q in item.questions]
-        questions = [q.question for q in item.questions]
-        answers = judge.answer(crops, [questions] * len(crops))
-        if len(answers) != len(crops) or any(len(a) != len(qids) for a in answers):
-            raise ValueError(f"judge {type(judge).__name__} returned answers of the wrong shape "
-                             f"for {path}: expected {len(crops)} x {len(qids)}")
-        per_crop = [dict(zip(qids, a)) for a in answers]
-        crop_scores = [crop_score(item.dependencies, a) for a in per_crop]
-        results.append(ItemResult(item.item_id, sum(crop_scores) / len(crop_scores),
-                                  crop_scores, per_crop))
+    skipped = set(missing)
+    present = [it for it in items if it.item_id not in skipped]
+    results = split_map(lambda share: [judge_item(it, judge, image_dir / f"{it.item_id}.png")
+                                       for it in share], present)
     summary = aggregate(items, results, category_crops)
     if out_dir is not None:
         out_dir = Path(out_dir)

@@ -20,6 +20,8 @@ Pipeline, the same for reference and generated images:
 The resolution, resize and feature extractor are recorded next to every number
 (:meth:`FIDSettings.describe`), because published MJHQ FIDs differ mostly by them.
 Reference features are computed once per (dataset, subset, settings, extractor) and cached.
+Under ``torch.distributed`` every rank extracts the features of its share of the images
+(:func:`split_features`); rank 0 alone writes the cache.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+
+from ablate.data.stream import rank_and_world
+from ablate.eval.sampling import gather, split_map
 
 MJHQ_CATEGORIES = ("animals", "art", "fashion", "food", "indoor", "landscape", "logo", "people",
                    "plants", "vehicles")
@@ -304,6 +309,14 @@ def extract_features(images: Iterable[Image.Image | str | Path], extractor: nn.M
     return np.concatenate(feats)
 
 
+def split_features(images: list[Image.Image | str | Path], extractor: nn.Module,
+                   settings: FIDSettings, batch_size: int = 32) -> np.ndarray:
+    """:func:`extract_features` of ``images``, each rank extracting its share of them
+    (``ablate.eval.sampling.split_map``): the same ``[N, D]`` on every rank."""
+    rows = split_map(lambda share: extract_features(share, extractor, settings, batch_size), images)
+    return np.stack(rows)
+
+
 # --------------------------------------------------------------------------------------
 # Frechet distance
 # --------------------------------------------------------------------------------------
@@ -390,15 +403,32 @@ def reference_features(items: list[MJHQItem], extractor: nn.Module, settings: FI
            "num": len(items), **settings.describe(extractor)}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(cache_dir or default_cache_dir()) / f"{dataset}-{digest}.npz"
-    if path.is_file():
-        with np.load(path, allow_pickle=False) as data:
-            if json.loads(str(data["key"])) == key:
-                return data["features"], data["categories"].tolist()
-    feats = extract_features((it.path for it in items), extractor, settings, batch_size)
+    cached = _read_cache(path, key)
+    # Every rank takes the same branch: the extraction below is split across them, and a
+    # rank that found the file (another run just wrote it) would leave the others waiting.
+    if all(gather(cached is not None)):
+        return cached
+    feats = split_features([it.path for it in items], extractor, settings, batch_size)
     cats = [it.category for it in items]
+    if rank_and_world()[0] == 0:  # the cache is shared: one writer
+        _write_cache(path, key, feats, cats, [it.id for it in items])
+    return feats, cats
+
+
+def _read_cache(path: Path, key: dict) -> tuple[np.ndarray, list[str]] | None:
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as data:
+        if json.loads(str(data["key"])) != key:
+            return None
+        return data["features"], data["categories"].tolist()
+
+
+def _write_cache(path: Path, key: dict, feats: np.ndarray, cats: list[str], ids: list[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")  # write-then-rename: a killed run leaves no half file
-    np.savez(tmp, features=feats, categories=np.asarray(cats), ids=np.asarray([it.id for it in items]),
+    # write-then-rename: a killed run leaves no half file; the pid keeps runs sharing the
+    # cache from writing the same temporary file
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, features=feats, categories=np.asarray(cats), ids=np.asarray(ids),
              key=np.asarray(json.dumps(key, sort_keys=True)))
     os.replace(tmp, path)
-    return feats, cats

@@ -433,27 +433,45 @@ def judge_layout(judge, layout_dir, results_path, batch_size: int = 8,
     """Score every image of a layout folder with a judge; write results jsonl; summary.
 
     A detector judge (``detect(images, metadata)``) is run in batches and its detections
-    go through ``evaluate``. A judge with ``scores_folders = True`` (e.g. the external
-    official evaluator) gets the whole folder via ``evaluate_folder(dir, results_path)``,
-    writes ``results_path`` and returns the result records itself.
+    go through ``evaluate``; with several ranks each detects its share of the images
+    (``ablate.eval.sampling.split_map``). A judge with ``scores_folders = True`` (e.g. the
+    external official evaluator) gets the whole folder via ``evaluate_folder(dir,
+    results_path)``, writes ``results_path`` and returns the result records itself; with
+    several ranks it runs once, on rank 0, and every rank gets its records.
     """
+    from ablate.eval.sampling import split_map  # torch: only when judging, not for the rules
+
     if getattr(judge, "scores_folders", False):
-        records = judge.evaluate_folder(Path(layout_dir), Path(results_path))  # writes the file
+        # one item split across ranks is rank 0's: the evaluator runs once (and writes
+        # results_path), every rank gets its records
+        [records] = split_map(lambda folders: [judge.evaluate_folder(Path(f), Path(results_path))
+                                               for f in folders], [layout_dir])
         return score(records)
     items = [(path, e.metadata) for e in read_layout(layout_dir) for path in e.images]
     if not items:
         raise ValueError(f"{layout_dir}: no images in the GenEval layout")
+    detections = split_map(lambda share: detect_in_batches(judge, share, batch_size), items)
     records = []
-    for start in range(0, len(items), batch_size):
-        batch = items[start:start + batch_size]
-        images = [load_image(path) for path, _ in batch]
-        detections = judge.detect(images, [meta for _, meta in batch])
-        for (path, meta), dets in zip(batch, detections):
-            correct, reason = evaluate(meta, dets, rules)
-            kept = filter_detections(dets, meta["tag"], rules)  # what the rules looked at
-            records.append(result_record(path, meta, correct, reason, kept))
+    for (path, meta), dets in zip(items, detections):
+        correct, reason = evaluate(meta, dets, rules)
+        kept = filter_detections(dets, meta["tag"], rules)  # what the rules looked at
+        records.append(result_record(path, meta, correct, reason, kept))
     write_results(results_path, records)
     return score(records)
+
+
+def detect_in_batches(judge, items: list[tuple[Path, dict]], batch_size: int = 8) -> list[dict]:
+    """A detector judge's raw detections of each (image file, metadata), ``batch_size``
+    images per ``judge.detect`` call."""
+    detections = []
+    for start in range(0, len(items), batch_size):
+        batch = items[start:start + batch_size]
+        found = judge.detect([load_image(path) for path, _ in batch], [meta for _, meta in batch])
+        if len(found) != len(batch):
+            raise ValueError(f"judge {type(judge).__name__} returned {len(found)} detections "
+                             f"for {len(batch)} images")
+        detections.extend(found)
+    return detections
 
 
 def generate_layout(generator, metadata: list[dict], out_dir, indices=None,
