@@ -61,7 +61,7 @@ def test_slots_pairs_on_one_axis_have_exactly_one_relation():
 
 
 def test_free_world_scene_json_is_unchanged_and_slots_json_records_the_world():
-    free = sample_scene(np.random.default_rng(7))
+    free = sample_scene(np.random.default_rng(7), world="free")
     assert set(free.to_dict()) == {"background", "objects"}  # as before worlds were named
     assert all(set(o) == {"shape", "color", "size", "x", "y"} for o in free.to_dict()["objects"])
     slots = sample_scene(np.random.default_rng(7), world="slots")
@@ -130,3 +130,12 @@ def test_judges_on_clean_renders_of_each_world(world):
 def test_judges_on_corrupted_renders_of_the_slots_world(kind):
     acc = validate(n=30, seed=2, corrupt=kind, world="slots")
     assert all(v >= 0.9 for v in acc.values()), acc
+
+
+def test_the_default_world_is_the_shipped_assets_world():
+    from ablate.toy import build, scenes
+
+    assert scenes.DEFAULT_WORLD == "slots" == build.assets_world()  # what `ablate demo` renders
+    info = json.loads((build.assets_dir() / "build_info.json").read_text())
+    assert info["options"]["lm_answers"] == "restatement"  # the build's default, so a rebuild reproduces it
+    assert sample_scene(np.random.default_rng(0)).world == "slots"

@@ -64,10 +64,11 @@ def test_render_size_is_configurable_and_antialiased():
 
 
 def test_scenes_are_valid_and_round_trip():
+    """The free world's grammar (the slots world's: tests/test_toy_slots.py)."""
     rng = np.random.default_rng(3)
     sizes = Counter()
     for _ in range(300):
-        scene = sample_scene(rng)
+        scene = sample_scene(rng, world="free")
         assert 1 <= len(scene.objects) <= 4
         boxes = [o.box(1) for o in scene.objects]
         for i, a in enumerate(boxes):
@@ -162,9 +163,14 @@ def test_dataset_is_deterministic_and_splits_are_disjoint():
     again = list(make_dataset(10, seed=0, split="train", start=20))
     assert [c for _, c, _ in first[20:]] == [c for _, c, _ in again]
     assert np.array_equal(np.asarray(first[25][0]), np.asarray(again[5][0]))
-    train = {json.dumps(s, sort_keys=True) for _, _, s in make_dataset(100, 0, "train")}
-    val = {json.dumps(s, sort_keys=True) for _, _, s in make_dataset(100, 0, "validation")}
+    # free-world positions are continuous, so scenes from disjoint seed streams never repeat
+    train = {json.dumps(s, sort_keys=True) for _, _, s in make_dataset(100, 0, "train", world="free")}
+    val = {json.dumps(s, sort_keys=True) for _, _, s in make_dataset(100, 0, "validation", world="free")}
     assert len(train) == 100 and not train & val
+    # the slots world has finitely many scenes (a one-object scene is one of 840): the streams
+    # differ, though a scene may occur in both
+    slots = [[json.dumps(s, sort_keys=True) for _, _, s in make_dataset(50, 0, split)] for split in ("train", "validation")]
+    assert slots[0] != slots[1] and len(set(slots[0]) & set(slots[1])) < 10
     styles = Counter(len(c.split()) > 30 for _, c, _ in first)
     assert styles[True] and styles[False]  # a mix of detailed and short captions
 

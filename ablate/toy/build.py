@@ -27,7 +27,7 @@ from ablate.toy.scenes import DEFAULT_WORLD, Scene, check_world, patch_semantics
 
 ASSETS = ("tokenizer", "lm", "clip", "vae", "clip_decoder")
 # Data sizes and steps at scale 1.0 (scaled, with floors, by ``build``).
-BASE = {"images": 6000, "lm_steps": 120, "clip_steps": 300, "vae_steps": 1000, "decoder_steps": 800,
+BASE = {"images": 6000, "lm_steps": 400, "clip_steps": 300, "vae_steps": 1000, "decoder_steps": 800,
         "eval_pairs": 256, "eval_decode": 64}
 FLOORS = {"images": 64, "lm_steps": 2, "clip_steps": 2, "vae_steps": 4, "decoder_steps": 2,
           "eval_pairs": 8, "eval_decode": 4}
@@ -56,8 +56,8 @@ def assets_world(path: str | Path | None = None) -> str:
     """The toy world the assets at ``path`` (default: the shipped ones) were built on, from their
     ``build_info.json`` (assets built before worlds were named: ``free``)."""
     info = (Path(path) if path else assets_dir()) / "build_info.json"
-    if not info.is_file():
-        return DEFAULT_WORLD
+    if not info.is_file():  # only assets from before worlds were named lack a record
+        return "free"
     return check_world(json.loads(info.read_text()).get("world", "free"))
 
 
@@ -106,16 +106,17 @@ def _folder_mb(path: Path) -> float:
 
 
 def build(out_dir: str | Path | None = None, scale: float = 1.0, seed: int = 0, log=print,
-          threads: int | None = None, clip_target: str = "pixels", lm_answers: str = "none",
+          threads: int | None = None, clip_target: str = "pixels", lm_answers: str = "restatement",
           world: str = DEFAULT_WORLD) -> dict:
     """Train and save every toy asset into ``out_dir`` (default: :func:`assets_dir`).
 
     ``clip_target``: what the toy CLIP's patch tokens are trained to tell besides their grid
     position, ``"pixels"`` (the shipped build) or ``"semantics"``
-    (:func:`ablate.toy.scenes.patch_semantics`). ``lm_answers``: ``"none"`` (the shipped LM
-    sees the generation prompt end the text) or ``"restatement"`` (it answers the prompt
-    with :func:`ablate.toy.scenes.restatement`). The alternatives are the README's
-    experiments on what the toy heads lack (section "Not reproduced in the CPU budget").
+    (:func:`ablate.toy.scenes.patch_semantics`). ``lm_answers``: ``"restatement"`` (the shipped LM
+    answers the generation prompt with :func:`ablate.toy.scenes.restatement`, so its states
+    after the prompt must hold the caption's content, as an instruct LM's do) or ``"none"``
+    (the text ends at the generation prompt: the first toy LM). ``clip_target="semantics"``
+    is one of the experiments on what the toy heads lack (``results/reference/README.md``).
 
     Builds into a sibling temporary folder and swaps it in at the end, so a failed build
     leaves the previous assets intact. Returns the ``build_info.json`` record."""

@@ -56,11 +56,11 @@ def add_commands(sub) -> None:
     b.add_argument("--clip-target", type=_build_option("CLIP_TARGETS"), default="pixels",
                    help="pixels | semantics: what the CLIP's patch tokens are trained to tell: their pixels "
                         "(shipped) or which shape/colour/size covers them (ablate.toy.scenes.patch_semantics)")
-    b.add_argument("--lm-answers", type=_build_option("LM_ANSWERS"), default="none",
-                   help="none | restatement. none (shipped): the LM's training texts end at the generation prompt; "
-                        "restatement: it answers with the caption's content (ablate.toy.scenes.restatement)")
+    b.add_argument("--lm-answers", type=_build_option("LM_ANSWERS"), default="restatement",
+                   help="restatement | none. restatement (shipped): the LM answers the generation prompt with the "
+                        "caption's content (ablate.toy.scenes.restatement); none: its training texts end at the prompt")
     b.add_argument("--world", type=_build_option("WORLDS", "scenes"), default=None,
-                   help="free | slots: the toy world to train on (default: ablate.toy.scenes.DEFAULT_WORLD)")
+                   help="slots | free: the toy world to train on (default: ablate.toy.scenes.DEFAULT_WORLD, slots)")
     b.set_defaults(func=_toy_build)
     d = toy.add_parser("data", help="write toy training shards + GenEval/DPG/MJHQ-format benchmark files")
     d.add_argument("--out", default="data/toy", help="output folder (default: data/toy, what the demo reads)")

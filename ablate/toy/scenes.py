@@ -8,7 +8,7 @@ Two worlds (``WORLDS``), a recorded setting that every writer of scenes takes as
 
 - ``free`` (the first toy world): objects of 24-38 % of the image side anywhere on the image
   (2-3 tokens of the 8x8 CLIP grid, 4-6 cells of the 16x16 VAE latent grid);
-- ``slots``: objects large relative to the target grids at a few coarse positions: one object
+- ``slots`` (the default, the shipped assets' world): objects large relative to the target grids at a few coarse positions: one object
   at the centre (50-62 % of the side: >= 4x4 CLIP tokens, >= 8x8 latent cells); two side by side
   (left / right) or stacked (above / below); three or four in the quadrants (38-44 % of the
   side). Measured: heads learn the shapes of such objects within minutes; of the free world's
@@ -46,7 +46,7 @@ BACKGROUND_WORDS = {"gray": "gray", "beige": "beige", "sky": "light blue", "mint
 SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond", "ring")
 SIZES: dict[str, float] = {"small": 0.24, "medium": 0.31, "large": 0.38}  # side / image side
 WORLDS = ("free", "slots")
-DEFAULT_WORLD = "free"  # the world of the shipped assets (``ablate/toy/assets/build_info.json``)
+DEFAULT_WORLD = "slots"  # the world of the shipped assets (``ablate/toy/assets/build_info.json``)
 # The slots world: object sides (fraction of the image side) by size class, alone or with others,
 # and the slot centres by layout. Two-object layouts put the pair on one axis, so exactly one
 # GenEval relation holds between them; quadrant neighbours share a row or a column.
