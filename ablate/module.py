@@ -99,7 +99,12 @@ class AblationModule(L.LightningModule):
         params = self.trainable_parameters()
         # One fused kernel for the whole update on a GPU (Lightning has moved the module there).
         fused = all(p.is_cuda for p in params) or None
-        opt = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay,
+        groups = params
+        if t.query_lr is not None:  # the head's group first: ``train/lr`` logs group 0
+            queries = self.backbone.queries
+            groups = [{"params": [p for p in params if p is not queries]},
+                      {"params": [queries], "lr": t.query_lr}]
+        opt = torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay,
                                 fused=fused)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(self.run_cfg))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

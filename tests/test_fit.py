@@ -73,6 +73,25 @@ def test_only_queries_and_objective_head_train(tiny_models, tiny_shards, tmp_pat
     assert not any(k.startswith(("backbone.lm.", "encoder.")) for k in ckpt["state_dict"])
 
 
+def test_query_lr_gives_the_queries_their_own_scheduled_lr(tiny_models, tiny_shards, tmp_path):
+    from ablate.module import AblationModule
+
+    spec = tiny_run_spec(tiny_models, tiny_shards, tmp_path, "clip", "mse")
+    spec["train"].update(lr=1e-3, min_lr=1e-4, warmup_steps=0, query_lr=5e-2)
+    module = AblationModule.from_run(parse_run(spec))
+    opts = module.configure_optimizers()
+    opt, sched = opts["optimizer"], opts["lr_scheduler"]["scheduler"]
+    head, queries = opt.param_groups
+    assert queries["params"] == [module.backbone.queries] and queries["lr"] == 5e-2
+    assert head["lr"] == 1e-3 and len(head["params"]) == len(module.trainable_parameters()) - 1
+    for _ in range(spec["train"]["max_steps"]):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-4) and opt.param_groups[1]["lr"] == pytest.approx(5e-3)
+    spec["train"]["query_lr"] = None  # unset: one group, as before
+    assert len(AblationModule.from_run(parse_run(spec)).configure_optimizers()["optimizer"].param_groups) == 1
+
+
 class Interrupt(L.Callback):
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         if trainer.global_step == 2:

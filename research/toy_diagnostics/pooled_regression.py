@@ -1,0 +1,36 @@
+"""Regression from the pooled query state, one map per grid position: an out-of-tree objective plugin.
+
+A diagnostic for "why does the CLIP+MSE cell draw the training mean for every prompt, when a
+closed-form ridge from the mean query state reads the prompt (``ridge_readout.py``)?". The
+paper's MSE head is one ``Linear`` shared by all tokens (query i -> grid cell i), so the
+frozen LM must make each query's state position-specific; this head instead averages the
+query states and maps the average to the whole grid with a separate weight per cell (the
+ridge's form), trained by the same loop, loss and optimiser. Chosen by dotted path:
+
+    PYTHONPATH=research/toy_diagnostics ablate grid experiments/demo.yaml --only clip+mse \\
+        --set cells.clip+mse.objective.name=pooled_regression.PooledRegression
+
+Not a design the paper tested; it isolates the head's form from everything else.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ablate.objectives.mse import MSE
+
+
+class PooledRegression(MSE):
+    def __init__(self, cfg: MSE.Config, *, cond_dim: int, num_queries: int,
+                 target_shape: tuple[int, int, int]):
+        super().__init__(cfg, cond_dim=cond_dim, num_queries=num_queries, target_shape=target_shape)
+        c, h, w = self.target_shape
+        self.proj = nn.Sequential(nn.LayerNorm(cond_dim), nn.Linear(cond_dim, c * h * w, bias=cfg.bias))
+
+    def predict(self, cond: torch.Tensor) -> torch.Tensor:
+        """[B, N, cond_dim] -> mean over the N queries -> [B, C, h, w]."""
+        return self.proj(cond.mean(1)).reshape(cond.shape[0], *self.target_shape)
+
+
+__all__ = ["PooledRegression"]
