@@ -211,6 +211,10 @@ def test_decoder_tolerance_perturbations():
     assert not torch.allclose(perturb(feats, "lowpass", 2, seed=0), feats)
     with pytest.raises(ValueError, match="lowpass 3.0: must be a whole number that divides the 8x8 grid"):
         perturb(feats, "lowpass", 3.0, seed=0)
+    mean = feats.mean(0, keepdim=True)
+    assert torch.equal(perturb(feats, "shrink", 0.0, seed=0), feats)
+    assert torch.allclose(perturb(feats, "shrink", 1.0, seed=0), mean.expand_as(feats))
+    assert torch.allclose(perturb(feats, "shrink", 0.25, seed=0) - mean, 0.75 * (feats - mean), atol=1e-6)
     with pytest.raises(ValueError, match="unknown perturbation 'blur'"):
         perturb(feats, "blur", 1, seed=0)
 

@@ -7,7 +7,9 @@ detector whether the scene's shapes and colours are still there (``ablate.toy.co
 
 - ``noise``: Gaussian noise of ``level`` x each channel's std (over images and positions);
 - ``lowpass``: the feature grid averaged over ``level`` x ``level`` cells and upsampled back
-  (bilinear): what a head that has the coarse layout right but not the fine detail gives.
+  (bilinear): what a head that has the coarse layout right but not the fine detail gives;
+- ``shrink``: the features moved ``level`` of the way to their mean over the images: what an
+  under-trained regression (MSE) head gives, between the training mean and the target.
 
     python research/toy_diagnostics/decoder_tolerance.py experiments/demo.yaml --cell vae+fm
 
@@ -45,7 +47,9 @@ def perturb(features: torch.Tensor, kind: str, level: float, seed: int) -> torch
             raise ValueError(f"lowpass {level}: must be a whole number that divides the "
                              f"{features.shape[-2]}x{features.shape[-1]} grid")
         return F.interpolate(F.avg_pool2d(features, k), size=features.shape[-2:], mode="bilinear")
-    raise ValueError(f"unknown perturbation {kind!r}; choose 'noise' or 'lowpass'")
+    if kind == "shrink":
+        return torch.lerp(features, features.mean(0, keepdim=True), level)
+    raise ValueError(f"unknown perturbation {kind!r}; choose 'noise', 'lowpass' or 'shrink'")
 
 
 def levels(text: str) -> list[float]:
@@ -60,6 +64,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=64, help="held-out renders")
     p.add_argument("--noise", type=levels, default=[0.0, 0.1, 0.2, 0.3, 0.5], help="comma-separated levels")
     p.add_argument("--lowpass", type=levels, default=[2.0], help="comma-separated cell counts")
+    p.add_argument("--shrink", type=levels, default=[], help="comma-separated fractions of the way to the mean")
     p.add_argument("--out", default="results/decoder_tolerance")
     args = p.parse_args()
 
@@ -71,7 +76,7 @@ def main() -> None:
     rows = []
     with torch.no_grad():
         features = encoder.encode(to_unit(images).to(device))
-        for kind, values in (("noise", args.noise), ("lowpass", args.lowpass)):
+        for kind, values in (("noise", args.noise), ("lowpass", args.lowpass), ("shrink", args.shrink)):
             for level in values:
                 g = torch.Generator(device).manual_seed(run.seed)
                 decoded = encoder.decode(perturb(features, kind, level, run.seed), generator=g)
