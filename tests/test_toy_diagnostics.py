@@ -229,3 +229,24 @@ def test_decoder_tolerance_runs_on_a_shrunk_study(tiny_models, tiny_shards, tmp_
     assert list(zip(rows["perturbation"], rows["level"])) == [("noise", 0.0), ("noise", 0.5), ("lowpass", 2.0)]
     assert rows[["shapes", "colors", "exact"]].apply(lambda c: c.between(0, 1)).all().all()
     assert (rows["images"] == 4).all() and "VAEEncoder" in capsys.readouterr().out
+
+
+def test_pooled_regression_starts_from_the_ridge_solution(tmp_path):
+    sys.path.insert(0, str(ROOT / "research" / "toy_diagnostics"))
+    try:
+        from pooled_regression import PooledRegression
+    finally:
+        sys.path.remove(str(ROOT / "research" / "toy_diagnostics"))
+    torch.manual_seed(0)
+    shape, cond_dim = (3, 2, 2), 5
+    solution = {"mean_x": torch.randn(cond_dim), "std_x": torch.rand(cond_dim) + 0.5,
+                "weight": torch.randn(12, cond_dim), "bias": torch.randn(12)}
+    torch.save(solution, tmp_path / "ridge.pt")
+    head = PooledRegression(PooledRegression.Config(ridge_init=str(tmp_path / "ridge.pt")),
+                            cond_dim=cond_dim, num_queries=4, target_shape=shape)
+    cond = torch.randn(2, 4, cond_dim)
+    pooled = (cond.mean(1) - solution["mean_x"]) / solution["std_x"]
+    expected = (pooled @ solution["weight"].T + solution["bias"]).reshape(2, *shape)
+    assert torch.allclose(head.sample(cond), expected, atol=1e-5)
+    plain = PooledRegression(PooledRegression.Config(), cond_dim=cond_dim, num_queries=4, target_shape=shape)
+    assert plain.sample(cond).shape == (2, *shape) and not torch.allclose(plain.sample(cond), expected)

@@ -6,7 +6,8 @@ the standardised mean query state to the whole target grid is solved in closed f
 of the pairs), its held-out MSE is printed beside the training mean's, and its predictions
 for every (shape, colour) prompt are decoded by the cell's encoder and judged by the toy
 detector as in ``conditioning_check.py`` (colour / shape right). Samples:
-``<out>/<cell>/ridge_samples.png`` (a row per shape, a column per colour).
+``<out>/<cell>/ridge_samples.png`` (a row per shape, a column per colour); the solution:
+``<out>/<cell>/ridge.pt`` (what ``pooled_regression.py``'s ``ridge_init`` starts from).
 
     python research/toy_diagnostics/ridge_readout.py experiments/demo.yaml --cell clip+mse
 
@@ -63,6 +64,9 @@ def main() -> None:
         images = to_pil(module.encoder.decode(pred, generator=torch.Generator().manual_seed(run.seed)))
     print("decoded predictions:", judge_single_objects(images, colors, shapes))
     contact_sheet(images, columns=len(COLORS)).save(out_dir / "ridge_samples.png")
+    # the solution, for pooled_regression.py's ``ridge_init`` (a head that starts from it)
+    torch.save({"mean_x": mean_x.float(), "std_x": std_x.float(), "weight": w.float().T.contiguous(),
+                "bias": mean_y.float()}, out_dir / "ridge.pt")
 
 
 if __name__ == "__main__":
