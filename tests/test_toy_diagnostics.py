@@ -66,8 +66,17 @@ def test_conditioning_recall_is_0_for_a_memoriser_and_1_for_a_model_that_ignores
     assert recall(swapper, conds, targets) > 1.0
 
 
+DIAGNOSTICS = ROOT / "research" / "toy_diagnostics"
+
+
 def _conditioning_check():
-    return runpy.run_path(str(ROOT / "research" / "toy_diagnostics" / "conditioning_check.py"))
+    return runpy.run_path(str(DIAGNOSTICS / "conditioning_check.py"))
+
+
+def _run_conditioning_check(monkeypatch, study: Path, *args: str) -> None:
+    """``conditioning_check.py STUDY --cell vae+fm ARGS`` as its command line runs it."""
+    monkeypatch.setattr(sys, "argv", ["conditioning_check.py", str(study), "--cell", "vae+fm", *args])
+    runpy.run_path(str(DIAGNOSTICS / "conditioning_check.py"), run_name="__main__")
 
 
 def test_conditioning_check_judges_ground_truth_renders_right_and_wrong_labels_wrong():
@@ -116,10 +125,8 @@ def test_conditioning_check_centre_moves_the_object_and_keeps_the_rest():
 def test_conditioning_check_runs_every_mode_on_a_shrunk_study(tiny_models, tiny_shards, tmp_path, monkeypatch, capsys):
     study = _shrunk_demo(tiny_models, tiny_shards, tmp_path)
     out = tmp_path / "conditioning_check"
-    monkeypatch.setattr(sys, "argv", ["conditioning_check.py", str(study), "--cell", "vae+fm", "--pairs", "6",
-                                      "--steps", "2", "--every", "2", "--captions", "mixed", "--centre", "--out", str(out),
-                                      "--world", "free", "--probe-shapes", "circle,star"])
-    runpy.run_path(str(ROOT / "research" / "toy_diagnostics" / "conditioning_check.py"), run_name="__main__")
+    _run_conditioning_check(monkeypatch, study, "--pairs", "6", "--steps", "2", "--every", "2", "--captions", "mixed",
+                            "--centre", "--out", str(out), "--world", "free", "--probe-shapes", "circle,star")
     printed = capsys.readouterr().out
     assert "6 single-object pairs of the free world (mixed captions, centred)" in printed
     assert "shape accuracy of the samples (chance 0.50)" in printed
@@ -141,10 +148,8 @@ def test_positive_control_trains_on_the_slots_world_from_a_label(tiny_models, ti
                                                                  capsys):
     study = _shrunk_demo(tiny_models, tiny_shards, tmp_path)
     out = tmp_path / "positive_control"
-    monkeypatch.setattr(sys, "argv", ["conditioning_check.py", str(study), "--cell", "vae+fm", "--modes", "label",
-                                      "--pairs", "6", "--steps", "4", "--every", "2", "--world", "slots",
-                                      "--out", str(out)])
-    runpy.run_path(str(ROOT / "research" / "toy_diagnostics" / "conditioning_check.py"), run_name="__main__")
+    _run_conditioning_check(monkeypatch, study, "--modes", "label", "--pairs", "6", "--steps", "4", "--every", "2",
+                            "--world", "slots", "--out", str(out))
     assert "6 single-object pairs of the slots world (short captions)" in capsys.readouterr().out
     rows = pd.read_csv(out / "vae+fm" / "conditioning_check.csv")
     assert rows["step"].tolist() == [2, 4] and (rows["mode"] == "label").all()
@@ -182,10 +187,8 @@ def test_unet_flow_matching_plugin_loads_by_dotted_path_and_fits_a_batch(monkeyp
 def test_conditioning_check_samples_an_ema_of_the_head(tiny_models, tiny_shards, tmp_path, monkeypatch):
     study = _shrunk_demo(tiny_models, tiny_shards, tmp_path)
     out = tmp_path / "conditioning_check"
-    monkeypatch.setattr(sys, "argv", ["conditioning_check.py", str(study), "--cell", "vae+fm", "--pairs", "6",
-                                      "--modes", "label", "--steps", "2", "--every", "2", "--ema", "0.9",
-                                      "--out", str(out)])
-    runpy.run_path(str(ROOT / "research" / "toy_diagnostics" / "conditioning_check.py"), run_name="__main__")
+    _run_conditioning_check(monkeypatch, study, "--pairs", "6", "--modes", "label", "--steps", "2", "--every", "2",
+                            "--ema", "0.9", "--out", str(out))
     rows = pd.read_csv(out / "vae+fm" / "conditioning_check.csv")
     assert rows["weights"].tolist() == ["raw", "ema"] and (rows["mode"] == "label").all()
     assert sorted(p.name for p in (out / "vae+fm" / "samples").iterdir()) == [
@@ -231,12 +234,10 @@ def test_decoder_tolerance_runs_on_a_shrunk_study(tiny_models, tiny_shards, tmp_
     assert (rows["images"] == 4).all() and "VAEEncoder" in capsys.readouterr().out
 
 
-def test_pooled_regression_starts_from_the_ridge_solution(tmp_path):
-    sys.path.insert(0, str(ROOT / "research" / "toy_diagnostics"))
-    try:
-        from pooled_regression import PooledRegression
-    finally:
-        sys.path.remove(str(ROOT / "research" / "toy_diagnostics"))
+def test_pooled_regression_starts_from_the_ridge_solution(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(DIAGNOSTICS))
+    from pooled_regression import PooledRegression
+
     torch.manual_seed(0)
     shape, cond_dim = (3, 2, 2), 5
     solution = {"mean_x": torch.randn(cond_dim), "std_x": torch.rand(cond_dim) + 0.5,
