@@ -187,3 +187,50 @@ def test_config_validation():
         tiny_cfg(kv_heads=3)
     with pytest.raises(ValueError, match="patch_size"):
         tiny_cfg(grid=(5, 4), patch_size=2)
+
+
+def test_condition_standardizer_tracks_training_batches_and_freezes_at_eval():
+    from ablate.nets.dit import ConditionStandardizer
+
+    torch.manual_seed(0)
+    norm = ConditionStandardizer(tokens=3, dim=4, momentum=0.01, warmup=100)
+    shift, scale = torch.randn(3, 4) * 5, torch.rand(3, 4) + 0.5
+    batches = [shift + scale * torch.randn(32, 3, 4) for _ in range(20)]
+    null = torch.zeros(8, 3, 4)  # classifier-free guidance's dropped rows: not statistics
+    for batch in batches:
+        norm(torch.cat([batch, null]))
+    data = torch.cat(batches)
+    # within the warm-up the statistics are the cumulative average of the batches'
+    torch.testing.assert_close(norm.mean, torch.stack([b.mean(0) for b in batches]).mean(0))
+    torch.testing.assert_close(norm.var, torch.stack([b.var(0) for b in batches]).mean(0))
+    out = norm(data)
+    assert out.mean(0).abs().max() < 0.1 and (out.std(0) - 1).abs().max() < 0.1
+    # frozen outside training and without a graph; buffers go with the state dict
+    norm.eval()
+    before = norm.mean.clone()
+    norm(data + 100)
+    with torch.no_grad():
+        norm.train()(data + 100)
+    assert torch.equal(norm.mean, before) and {"mean", "var", "batches"} <= set(norm.state_dict())
+    with pytest.raises(ValueError, match=r"statistics for \(3, 4\)"):
+        norm(torch.randn(2, 5, 4))
+
+
+def test_standardized_condition_makes_small_caption_moves_the_input():
+    """A shared offset 100x the caption's own variation: standardised, the projected condition
+    differs between two captions as much as between unrelated random conditions."""
+    torch.manual_seed(0)
+    cfg = tiny_cfg(cond_standardize=True, cond_tokens=5)
+    net = DiT(cfg)
+    common = 100 * torch.randn(5, cfg.cond_dim)
+    for _ in range(30):
+        net.train()(*inputs(cfg, b=8)[:2], common + torch.randn(8, 5, cfg.cond_dim))
+    net.eval()
+    a, b = common + torch.randn(2, 5, cfg.cond_dim)
+    ctx = net.cond_proj(net.cond_norm(torch.stack([a, b])))
+    assert (ctx[0] - ctx[1]).norm() > 0.5 * ctx[0].norm()
+    plain = DiT(tiny_cfg())
+    ctx = plain.cond_proj(torch.stack([a, b]))
+    assert (ctx[0] - ctx[1]).norm() < 0.1 * ctx[0].norm()
+    with pytest.raises(ValueError, match="cond_tokens"):
+        tiny_cfg(cond_standardize=True)

@@ -5,11 +5,10 @@ A new YAML in experiments/ is picked up here without any edit."""
 from pathlib import Path
 
 import pytest
-import yaml
 from conftest import shrink_study, write_spec
 
 from ablate.cli import main
-from ablate.study.spec import load_study
+from ablate.study.spec import load_study, read_study
 from ablate.study.sweep import open_study
 from ablate.train import read_status
 
@@ -23,11 +22,11 @@ def test_there_are_experiments():
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
 def test_experiment_runs_shrunk(path, tiny_models, tiny_shards, tmp_path):
     real = load_study(path)  # the real spec validates as written (hub ids, sizes, metrics)
-    spec = shrink_study(yaml.safe_load(path.read_text()), tiny_models, tiny_shards, tmp_path / "results")
+    spec = shrink_study(read_study(path), tiny_models, tiny_shards, tmp_path / "results")
     small = write_spec(spec, tmp_path / path.name)
     assert main(["grid", str(small)]) == 0
     study = load_study(small)
-    for name in yaml.safe_load(path.read_text()).get("cells") or {}:  # every named cell ran
+    for name in read_study(path).get("cells") or {}:  # every named cell ran
         assert any(c.cell == name or c.cell.startswith(name + "_") for c in study.cells), name
     for cell in study.cells:
         assert read_status(cell.run.run_dir)["state"] == "finished", cell.name

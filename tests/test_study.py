@@ -56,6 +56,33 @@ def test_spec_expands_cells_seeds_and_axes(tiny_models, tiny_shards, tmp_path):
     assert study.cells[-1].run.objective["depth"] == 1 and "depth" not in study.cells[0].run.objective
 
 
+def test_extends_merges_base_and_replaces_other_sections(tiny_models, tiny_shards, tmp_path):
+    parent = study_spec(tiny_models, tiny_shards, tmp_path / "results")
+    parent["grid"] = {"seed": [0]}
+    write_spec(parent, tmp_path / "parent.yaml")
+    (tmp_path / "sub").mkdir()
+    child = {"extends": "../parent.yaml", "study": "longer",
+             "base": {"train": {"max_steps": 7}, "eval": {"every_n_steps": 3}},
+             "grid": {"seed": [0, 1]}}
+    write_spec(child, tmp_path / "sub" / "child.yaml")
+    study = load_study(tmp_path / "sub" / "child.yaml")
+    assert study.name == "longer"
+    assert [c.name for c in study.cells] == ["vae+mse-seed0", "vae+mse-seed1", "vae+fm-seed0", "vae+fm-seed1"]
+    run = study.cells[-1].run
+    # base merged key by key: the child's steps and eval cadence, the parent's lr and metrics
+    assert (run.train.max_steps, run.eval.every_n_steps) == (7, 3)
+    assert run.train.lr == parent["base"]["train"]["lr"] and run.objective["name"] == "flow_matching"
+    assert "extends" not in study.data and study.data["base"]["train"]["max_steps"] == 7
+    # a missing parent and a cycle are named
+    write_spec({"extends": "nowhere.yaml", "study": "x"}, tmp_path / "bad.yaml")
+    with pytest.raises(ConfigError, match=r"bad.yaml: extends: 'nowhere.yaml': no such study file"):
+        load_study(tmp_path / "bad.yaml")
+    write_spec({"extends": "b.yaml", "study": "a"}, tmp_path / "a.yaml")
+    write_spec({"extends": "a.yaml", "study": "b"}, tmp_path / "b.yaml")
+    with pytest.raises(ConfigError, match="extends this file again"):
+        load_study(tmp_path / "a.yaml")
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda s: s["cells"]["vae+fm"].update({"objective.dpeth": 2}),
      "s.yaml: cell 'vae+fm': objective.dpeth: unknown key (did you mean 'depth'?)"),

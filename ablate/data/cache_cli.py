@@ -13,7 +13,7 @@ def study_runs(path: str, overrides) -> list:
     from ablate.config import load_run, load_yaml
 
     data = load_yaml(path)
-    if "cells" in data or "base" in data:
+    if "cells" in data or "base" in data or "extends" in data:
         from ablate.study.spec import load_study
 
         return [cell.run for cell in load_study(path, overrides).cells]

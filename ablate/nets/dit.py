@@ -53,6 +53,12 @@ class DiTConfig:
     # follow its captions sooner, so 0 stays the default). Blocks still start as the
     # identity either way: their adaLN output gates are zero.
     cross_gate_init: float = 0.0
+    # Standardise the condition per (query token, feature) with running statistics of the
+    # training batches before projecting it (``ConditionStandardizer``). Off in Lumina-Next /
+    # BLIP3-o; on in the toy study, whose frozen toy LM puts a caption's content in ~1 % of
+    # its query states' variance (research/toy_diagnostics/query_state_probe.py).
+    cond_standardize: bool = False
+    cond_tokens: int | None = None  # the number of condition tokens (set from the backbone)
 
     def __post_init__(self):
         self.grid = tuple(self.grid)
@@ -70,6 +76,8 @@ class DiTConfig:
         if self.head_dim % 4:
             raise ValueError(f"DiT head dim {self.head_dim} must be divisible by 4 (2D RoPE "
                              f"rotates pairs, half of them per axis)")
+        if self.cond_standardize and not self.cond_tokens:
+            raise ValueError("DiT cond_standardize needs cond_tokens (the number of query tokens)")
         if any(g % self.patch_size for g in self.grid):
             raise ValueError(f"DiT grid {self.grid} is not divisible by patch_size {self.patch_size}")
 
@@ -134,6 +142,47 @@ def timestep_features(t: torch.Tensor, dim: int, max_period: float = 10000.0) ->
 # --------------------------------------------------------------------------------------
 # Blocks
 # --------------------------------------------------------------------------------------
+
+
+class ConditionStandardizer(nn.Module):
+    """``(cond - mean) / std`` per (token, feature), with running statistics of training batches.
+
+    Why: a frozen LM's query states share a large component whatever the caption (the
+    queries' own embedding, the prompt template); the caption's words move them a little.
+    Centred and scaled, those small moves become the condition's variation, and the DiT no
+    longer has to learn to amplify them first. The statistics follow the training batches
+    (a cumulative average over the first ``warmup`` batches, then an EMA with ``momentum``,
+    as the trained queries drift), are buffers (checkpointed, broadcast by DDP) and are
+    frozen outside training, as unCLIP standardises CLIP embeddings with data statistics.
+    Rows that are exactly zero are classifier-free guidance's null condition: they are left
+    out of the statistics and mapped like any input, so training and sampling agree.
+    """
+
+    def __init__(self, tokens: int, dim: int, momentum: float = 0.01, warmup: int = 100,
+                 eps: float = 1e-4):
+        super().__init__()
+        self.momentum, self.warmup, self.eps = momentum, warmup, eps
+        self.register_buffer("mean", torch.zeros(tokens, dim))
+        self.register_buffer("var", torch.ones(tokens, dim))
+        self.register_buffer("batches", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def update(self, cond: torch.Tensor) -> None:
+        real = cond[cond.flatten(1).abs().amax(1) > 0].float()
+        if len(real) < 2:
+            return
+        rate = max(self.momentum, 1.0 / (int(self.batches) + 1)) if self.batches < self.warmup else self.momentum
+        self.mean.lerp_(real.mean(0), rate)
+        self.var.lerp_(real.var(0), rate)
+        self.batches += 1
+
+    def forward(self, cond: torch.Tensor) -> torch.Tensor:
+        if cond.shape[1:] != self.mean.shape:
+            raise ValueError(f"condition of shape {tuple(cond.shape[1:])}, but the standardizer "
+                             f"holds statistics for {tuple(self.mean.shape)} (tokens, features)")
+        if self.training and torch.is_grad_enabled():
+            self.update(cond)
+        return ((cond.float() - self.mean) * torch.rsqrt(self.var + self.eps)).to(cond.dtype)
 
 
 class Attention(nn.Module):
@@ -241,6 +290,8 @@ class DiT(nn.Module):
         self.patch_embed = nn.Linear(p * p * cfg.in_channels, dim)
         self.time_embed = nn.Sequential(nn.Linear(cfg.time_freq_dim, cfg.adaln_dim), nn.SiLU(),
                                         nn.Linear(cfg.adaln_dim, cfg.adaln_dim))
+        self.cond_norm = (ConditionStandardizer(cfg.cond_tokens, cfg.cond_dim) if cfg.cond_standardize
+                          else nn.Identity())
         self.cond_proj = nn.Sequential(nn.Linear(cfg.cond_dim, dim), nn.GELU(approximate="tanh"),
                                        nn.Linear(dim, dim))
         self.cond_pool_embed = nn.Sequential(nn.LayerNorm(dim, eps=1e-6),
@@ -276,7 +327,7 @@ class DiT(nn.Module):
 
     def condition(self, t, cond):
         """(adaLN vector c [B, adaln_dim], projected condition tokens [B, N, dim])."""
-        ctx = self.cond_proj(cond)
+        ctx = self.cond_proj(self.cond_norm(cond))
         pooled = ctx.mean(dim=1)
         t_feat = timestep_features(t * self.cfg.time_scale, self.cfg.time_freq_dim).to(ctx.dtype)
         return self.time_embed(t_feat) + self.cond_pool_embed(pooled), ctx

@@ -25,7 +25,7 @@ from ablate.objectives import Objective, sampler
 from ablate.registry import register
 from ablate.rng import draw
 
-_FROM_CONTEXT = ("in_channels", "grid", "cond_dim")  # DiTConfig fields set by target/backbone
+_FROM_CONTEXT = ("in_channels", "grid", "cond_dim", "cond_tokens")  # DiTConfig fields set by target/backbone
 
 
 def _random(kind: str, shape, device, dtype=torch.float32, generator=None) -> torch.Tensor:
@@ -57,6 +57,7 @@ class FlowMatching(Objective):
         time_freq_dim: int = 256
         time_scale: float = 1000.0
         cross_gate_init: float = 0.0  # 0: Lumina-Next's closed gate (see DiTConfig)
+        cond_standardize: bool = False  # running per-(token, feature) standardisation of Q (see DiTConfig)
         # Training recipe
         time_sampling: Literal["uniform", "logit_normal"] = "uniform"
         logit_normal_mean: float = 0.0  # in the paper's t (t=1 is data): > 0 leans to data
@@ -89,7 +90,7 @@ class FlowMatching(Objective):
         ``cfg``. Override to try another denoiser under the same recipe."""
         c, h, w = target_shape
         size = {f.name: getattr(cfg, f.name) for f in fields(DiTConfig) if f.name not in _FROM_CONTEXT}
-        return DiT(DiTConfig(in_channels=c, grid=(h, w), cond_dim=cond_dim, **size))
+        return DiT(DiTConfig(in_channels=c, grid=(h, w), cond_dim=cond_dim, cond_tokens=self.num_queries, **size))
 
     @classmethod
     def tiny_config(cls) -> Config:

@@ -17,6 +17,12 @@
         train.lr: {low: 1.0e-5, high: 1.0e-3, log: true}
         backbone.num_queries: {choices: [32, 64, 128]}
 
+A study can start from another one: ``extends: demo.yaml`` (a path relative to this file)
+takes that file's spec, merges this file's ``base`` into its ``base`` key by key (nested
+mappings merge, other values replace) and replaces each other section this file gives
+(``study``, ``cells``, ``grid``, ``sweep``) whole; ``results/<study>/study.yaml`` records the
+merged spec. So a longer run of the demo is a few lines (``experiments/toy_study.yaml``).
+
 An override key names what it replaces, as ``--set`` does: ``encoder: {...}`` replaces the
 whole encoder spec (plugin arguments differ between encoders), ``train.lr: 1e-4`` one field.
 A run is base -> cell overrides -> grid values -> run-level ``--set``; its name is
@@ -406,5 +412,39 @@ def parse_study(data: dict, source: str = "<study>", overrides=()) -> Study:
     return study
 
 
+def _merge(parent: dict, child: dict) -> dict:
+    """``child`` over ``parent``: nested mappings merge key by key, other values replace."""
+    out = dict(parent)
+    for key, value in child.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_study(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
+    """The study spec of ``path`` with its ``extends:`` chain resolved (see the module doc)."""
+    path = Path(path)
+    data = load_yaml(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str) or not parent:
+        raise ConfigError(f"{path}: extends: expected the path of a study file (relative to "
+                          f"this file), got {parent!r}")
+    parent_path = (path.parent / parent).resolve()
+    if not parent_path.is_file():
+        raise ConfigError(f"{path}: extends: {parent!r}: no such study file ({parent_path})")
+    chain = (*_chain, path.resolve())
+    if parent_path in chain:
+        raise ConfigError(f"{path}: extends: {parent!r} extends this file again: "
+                          + " -> ".join(str(p) for p in (*chain, parent_path)))
+    merged = read_study(parent_path, chain)
+    base = data.pop("base", None)
+    if base is not None:
+        if not isinstance(base, dict):
+            raise ConfigError(f"{path}: base: expected a run spec mapping")
+        merged["base"] = _merge(merged.get("base") or {}, base)
+    return {**merged, **data}
+
+
 def load_study(path: str | Path, overrides=()) -> Study:
-    return parse_study(load_yaml(path), str(path), overrides)
+    return parse_study(read_study(path), str(path), overrides)

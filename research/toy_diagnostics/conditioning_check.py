@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import sys
 import time
 from dataclasses import replace
@@ -61,7 +62,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from ablate.data.stream import preprocess
 from ablate.eval.sampling import contact_sheet, to_pil
-from ablate.module import AblationModule
+from ablate.module import AblationModule, lr_lambda
 from ablate.toy.build import assets_world
 from ablate.toy.judges import classify, nearest_color, segment
 from ablate.toy.scenes import COLORS, SHAPES, WORLDS, Scene, caption, render, sample_scene
@@ -164,6 +165,9 @@ def main() -> None:
     p.add_argument("--set", nargs="*", default=[], help="overrides for every cell, key=value")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--every", type=int, default=250)
+    p.add_argument("--schedule", choices=("constant", "cosine"), default="constant",
+                   help="constant: the run's lr throughout (default); cosine: the training's own "
+                        "warm-up and cosine decay to train.min_lr, over --steps")
     p.add_argument("--pairs", type=int, default=3000, help="training scenes to render and encode")
     p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, from {MODES}")
     p.add_argument("--captions", choices=("short", "mixed"), default="short")
@@ -174,6 +178,11 @@ def main() -> None:
                    help="comma-separated shapes to prompt, each in every colour (default: all)")
     p.add_argument("--out", default="results/conditioning_check")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--guidance", default="",
+                   help="comma-separated guidance scales to sample every check with (default: the "
+                        "objective's own); rows and sample files name each")
+    p.add_argument("--sample-steps", default="",
+                   help="comma-separated Euler step counts to sample every check with (default: the objective's)")
     p.add_argument("--ema", type=float, default=0.0,
                    help="also sample from an EMA of the head's weights with this decay (0: off; e.g. 0.999)")
     args = p.parse_args()
@@ -188,6 +197,12 @@ def main() -> None:
     probe_shapes_used = [s for s in args.probe_shapes.split(",") if s]
     if unknown := sorted(set(probe_shapes_used) - set(SHAPES)):
         raise SystemExit(f"--probe-shapes: unknown {unknown}; choose from {list(SHAPES)}")
+    try:
+        guidances = [float(g) for g in args.guidance.split(",") if g] or [None]
+        sample_steps = [int(n) for n in args.sample_steps.split(",") if n] or [None]
+    except ValueError:
+        raise SystemExit(f"--guidance {args.guidance!r} / --sample-steps {args.sample_steps!r}: expected "
+                         f"comma-separated numbers, e.g. 2,4 / 20,50") from None
     args.world = args.world or assets_world()
     run, module, out_dir = load_cell(args, {"conditioning_check": vars(args) | {"modes": modes}})
     device = module.backbone.queries.device
@@ -220,6 +235,9 @@ def main() -> None:
         params = [q for q in objective.parameters() if q.requires_grad]
         t = run.train
         opt = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+        # the module's schedule (lr_lambda is indexed by optimiser steps taken, from 0)
+        schedule = (torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(replace(run, train=replace(t, max_steps=args.steps))))
+                    if args.schedule == "cosine" else None)
         order = torch.Generator().manual_seed(run.seed)
         heads = {"raw": objective}
         if args.ema:
@@ -228,29 +246,37 @@ def main() -> None:
         for step in range(1, args.steps + 1):
             t0, c0 = time.perf_counter(), time.process_time()
             losses.append(head_step(objective, opt, params, conds, targets, run, step, order))
+            if schedule is not None:
+                schedule.step()
             if args.ema:
                 heads["ema"].update_parameters(objective)
             train_s += time.perf_counter() - t0
             train_cpu_s += time.process_time() - c0
             if step % args.every == 0 or step == args.steps:
-                for weights, head in heads.items():
+                for (weights, head), guidance, n_steps in itertools.product(heads.items(), guidances, sample_steps):
                     head.eval()
                     g = torch.Generator(device).manual_seed(run.seed)
                     with torch.no_grad():
-                        sample = getattr(head, "module", head).sample(probe_conds, generator=g)
+                        kwargs = {k: v for k, v in (("guidance", guidance), ("steps", n_steps)) if v is not None}
+                        sample = getattr(head, "module", head).sample(probe_conds, generator=g, **kwargs)
                         images = to_pil(module.encoder.decode(sample, generator=g))
                     scores = judge_single_objects(images, probe_colors, probe_shapes)
                     # a row per probe shape, a column per colour
-                    name = mode if weights == "raw" else f"{mode}_ema"
+                    name = ((mode if weights == "raw" else f"{mode}_ema") + ("" if guidance is None else f"_g{guidance:g}")
+                            + ("" if n_steps is None else f"_s{n_steps}"))
                     contact_sheet(images, columns=len(COLORS)).save(samples_dir / f"{name}_{step:07d}.png")
-                    rows.append({"mode": mode, "weights": weights, "step": step,
+                    rows.append({"mode": mode, "weights": weights, "guidance": guidance,
+                                 "sample_steps": n_steps, "step": step,
                                  "loss": float(np.mean(losses[-args.every:])), **scores,
                                  "seconds": round(train_s, 4), "cpu_seconds": round(train_cpu_s, 4)})
                     print(f"{name} step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in rows[-1].items()
-                                                              if k not in ("mode", "weights", "step")), flush=True)
+                                                              if k not in ("mode", "weights", "guidance", "sample_steps", "step")),
+                          flush=True)
                 pd.DataFrame(rows).to_csv(out_dir / "conditioning_check.csv", index=False)
     for what, chance in (("colour", 1 / len(COLORS)), ("shape", 1 / len(probe_shapes_used))):
-        table = pd.DataFrame(rows).pivot(index="step", columns=["mode", "weights"], values=what)
+        frame = pd.DataFrame(rows).astype({"guidance": object, "sample_steps": object})
+        frame = frame.fillna({"guidance": "default", "sample_steps": "default"})
+        table = frame.pivot(index="step", columns=["mode", "weights", "guidance", "sample_steps"], values=what)
         print(f"\n{what} accuracy of the samples (chance {chance:.2f}):\n{table.to_string()}")
 
 
