@@ -47,6 +47,8 @@ class Record(L.Callback):
 
 def ema_spec(models, shards, results, **train):
     spec = tiny_run_spec(models, shards, results, "vae", "flow_matching", ema_decay=DECAY, **train)
+    # running statistics (buffers, not parameters) must follow checkpoints, resumes and export too
+    spec["objective"]["cond_standardize"] = True
     spec["eval"] = {"at_start": False, "at_end": True, "sample_prompts": [],
                     "metrics": [{"name": "test_ema_export.QuerySum"}]}
     return spec
@@ -112,6 +114,9 @@ def test_eval_sample_and_export_load_the_ema(ema_run, tmp_path, capsys):
     assert not hasattr(head, "backbone") and sum(p.numel() for p in head.parameters()) == \
         sum(p.numel() for p in module.trainable_parameters())
     torch.testing.assert_close(head.queries.detach(), averages["backbone.queries"])
+    stats = head.objective.net.cond_norm
+    assert int(stats.batches) == 3 and not torch.equal(stats.mean, torch.zeros_like(stats.mean))
+    torch.testing.assert_close(stats.mean, module.objective.net.cond_norm.mean)
     cond = module.conditioning(["a red circle", "a blue star"])
     ours = head.sample(cond, generator=generators([3, 4]), steps=2)
     theirs = module.generate_features(["a red circle", "a blue star"], generator=generators([3, 4]), steps=2)
@@ -143,6 +148,10 @@ def test_resume_continues_the_same_ema(tiny_models, tiny_shards, tmp_path):
     assert a["n_averaged"] == b["n_averaged"] == 4
     for name in a["averages"]:
         torch.testing.assert_close(a["averages"][name], b["averages"][name], atol=1e-6, rtol=1e-5)
+    states = [torch.load(d / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"] for d in (straight, resumed)]
+    key = "objective.net.cond_norm.var"
+    assert states[0]["objective.net.cond_norm.batches"] == states[1]["objective.net.cond_norm.batches"] == 4
+    torch.testing.assert_close(states[0][key], states[1][key])
 
 
 def test_ema_decay_is_validated():
