@@ -190,6 +190,27 @@ def test_failing_cell_is_recorded_and_others_run(tiny_models, tiny_shards, tmp_p
         assert "no-such-vae" in (tmp_path / "tiny" / "broken-seed0" / "fit.log").read_text()
 
 
+@pytest.mark.slow
+def test_workers_run_the_shards_side_by_side(tiny_models, tiny_shards, tmp_path, capsys):
+    spec = study_spec(tiny_models, tiny_shards, tmp_path, cells=("vae+mse",), max_steps=1)
+    spec["cells"] = {"broken": {"encoder": {"name": "vae", "model": str(tmp_path / "no-such-vae")}},
+                     **spec["cells"]}
+    path = write_spec(spec, tmp_path / "study.yaml")
+    with pytest.raises(SystemExit) as exit_:
+        main(["grid", str(path), "--workers", "2", "--set", "train.log_every_n_steps=1"])
+    assert exit_.value.code == 1 and "1 of 2 runs failed: broken-seed0" in capsys.readouterr().err
+    study = tmp_path / "tiny"
+    assert read_status(study / "vae+mse-seed0")["state"] == "finished"
+    assert "no-such-vae" in read_status(study / "broken-seed0")["error"]
+    # one shard each, the run-level --set passed on
+    logs = [(study / f"worker{i}.log").read_text() for i in (0, 1)]
+    assert "broken-seed0" in logs[0] and "vae+mse-seed0" not in logs[0]
+    assert "vae+mse-seed0" in logs[1] and "broken-seed0" not in logs[1]
+    assert yaml.safe_load((study / "vae+mse-seed0" / "config.yaml").read_text())["train"]["log_every_n_steps"] == 1
+    assert main(["grid", str(path), "--workers", "2", "--shard", "0/2"]) == 2
+    assert "--workers starts its own shards" in capsys.readouterr().err
+
+
 # ---- sweep ---------------------------------------------------------------------------
 
 

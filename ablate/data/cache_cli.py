@@ -21,21 +21,31 @@ def study_runs(path: str, overrides) -> list:
 
 
 def fill_study_cache(path: str, overrides=(), shard: tuple[int, int] | None = None,
-                     verify: bool = False, device: str | None = None) -> list[tuple]:
-    """(cache, units written, units in this shard) for every distinct cache of the study."""
+                     verify: bool = False, device: str | None = None, skip_failing: bool = False) -> list[tuple]:
+    """(cache, units written, units in this shard) for every distinct cache of the study.
+    ``skip_failing``: a cache that cannot be filled (its encoder does not load, ...) is
+    logged and left to the runs that need it, which then fail with the error themselves."""
+    import logging
+
     from ablate.data.cache import cache_for_run
     from ablate.registry import get_registry
 
     done, out = set(), []
     for run in study_runs(path, overrides):
-        cache = cache_for_run(run)
-        if cache is None or cache.dir in done:
-            continue
-        done.add(cache.dir)
-        units = get_registry("dataset").build(run.data.train, where="data.train").units()
-        if shard:
-            units = units[shard[0]::shard[1]]
-        out.append((cache, cache.fill(run, units, device=device, verify=verify), len(units)))
+        try:
+            cache = cache_for_run(run)
+            if cache is None or cache.dir in done:
+                continue
+            done.add(cache.dir)
+            units = get_registry("dataset").build(run.data.train, where="data.train").units()
+            if shard:
+                units = units[shard[0]::shard[1]]
+            out.append((cache, cache.fill(run, units, device=device, verify=verify), len(units)))
+        except Exception as err:
+            if not skip_failing:
+                raise
+            logging.getLogger("ablate.cache").warning("%s: the target cache was not filled (%s: %s); "
+                                                      "the run will report it", run.name, type(err).__name__, err)
     return out
 
 

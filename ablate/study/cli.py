@@ -10,12 +10,19 @@ SET_HELP = ("override a key (repeatable). Run keys (train.max_steps=100) apply t
 
 
 def _grid(args) -> None:
-    from ablate.study.grid import parse_shard, run_grid
+    from ablate.config import ConfigError
+    from ablate.study.grid import parse_shard, run_grid, run_workers
     from ablate.study.spec import load_study
 
     study = load_study(args.study, args.set)
-    outcomes = run_grid(study, only=args.only, shard=parse_shard(args.shard), dry_run=args.dry_run,
-                        launcher=args.launcher, rerun_changed=args.rerun_changed)
+    if args.workers > 1:
+        if args.shard or args.dry_run or args.launcher != "local":
+            raise ConfigError("--workers starts its own shards: it does not combine with --shard, "
+                              "--dry-run or --launcher")
+        outcomes = run_workers(args.study, args.set, args.workers, args.only, args.rerun_changed)
+    else:
+        outcomes = run_grid(study, only=args.only, shard=parse_shard(args.shard), dry_run=args.dry_run,
+                            launcher=args.launcher, rerun_changed=args.rerun_changed)
     failed = [o.cell.name for o in outcomes if o.result == "failed"]
     if failed:
         print(f"ablate grid: {len(failed)} of {len(outcomes)} runs failed: {', '.join(failed)} "
@@ -54,6 +61,9 @@ def add_commands(sub) -> None:
                    help="run the cells whose run or cell name matches a glob, e.g. 'clip+*'")
     p.add_argument("--shard", metavar="I/N", help="run every N-th selected cell from the I-th "
                    "(0-based): one worker per GPU or SLURM array task")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="run the cells in N local processes side by side (--shard i/N each, "
+                        "cores/N threads each): on a CPU machine, 2 finish a study sooner than 1")
     p.add_argument("--launcher", choices=["local", "subprocess"], default="local",
                    help="local: in this process; subprocess: `python -m ablate fit` per cell")
     p.add_argument("--rerun-changed", action="store_true", help="run finished cells whose spec "

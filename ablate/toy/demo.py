@@ -62,8 +62,8 @@ SMOKE_OVERRIDES = ("results_dir=results/smoke", "train.max_steps=2", "eval.every
 
 
 def run_demo(study_path: str | Path | None = None, overrides=(), data_scale: float = 1.0,
-             rerun_changed: bool = False) -> Path:
-    from ablate.study.grid import run_grid
+             rerun_changed: bool = False, workers: int = 1) -> Path:
+    from ablate.study.grid import run_grid, run_workers
     from ablate.study.plots import plot
     from ablate.study.spec import load_study
 
@@ -71,7 +71,11 @@ def run_demo(study_path: str | Path | None = None, overrides=(), data_scale: flo
     study = load_study(study_path or default_study(), overrides)
     prepare_toy_data(**{k: max(8, int(v * data_scale)) for k, v in TOY_DATA.items()
                         if k.startswith("n_")})
-    outcomes = run_grid(study, rerun_changed=rerun_changed)
+    if workers > 1:
+        outcomes = run_workers(str(study_path or default_study()), list(overrides), workers,
+                               rerun_changed=rerun_changed)
+    else:
+        outcomes = run_grid(study, rerun_changed=rerun_changed)
     failed = [o.cell.name for o in outcomes if o.result == "failed"]
     out = plot(study.study_dir)
     print(out["markdown"].read_text())
@@ -85,9 +89,9 @@ def run_demo(study_path: str | Path | None = None, overrides=(), data_scale: flo
 def _demo(args) -> None:
     if args.smoke:
         run_demo(args.study, [*SMOKE_OVERRIDES, *args.set], args.data_scale or SMOKE_DATA_SCALE,
-                 args.rerun_changed)
+                 args.rerun_changed, args.workers)
     else:
-        run_demo(args.study, args.set, args.data_scale or 1.0, args.rerun_changed)
+        run_demo(args.study, args.set, args.data_scale or 1.0, args.rerun_changed, args.workers)
 
 
 def add_commands(sub) -> None:
@@ -102,4 +106,6 @@ def add_commands(sub) -> None:
                         "(results in results/smoke/demo)")
     p.add_argument("--rerun-changed", action="store_true",
                    help="run again, from scratch, finished cells whose spec changed (e.g. another --set)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="cells side by side in N processes (cores/N threads each; see ablate grid --workers)")
     p.set_defaults(func=_demo)
