@@ -164,7 +164,8 @@ class ConditionStandardizer(nn.Module):
         self.momentum, self.warmup, self.eps = momentum, warmup, eps
         self.register_buffer("mean", torch.zeros(tokens, dim))
         self.register_buffer("var", torch.ones(tokens, dim))
-        self.register_buffer("batches", torch.zeros((), dtype=torch.long))
+        # a float count: code that averages every buffer (AveragedModel(use_buffers=True)) lerps it
+        self.register_buffer("batches", torch.zeros(()))
 
     @torch.no_grad()
     def update(self, cond: torch.Tensor) -> None:
