@@ -22,16 +22,22 @@ def study_runs(path: str, overrides) -> list:
 
 def fill_study_cache(path: str, overrides=(), shard: tuple[int, int] | None = None,
                      verify: bool = False, device: str | None = None, skip_failing: bool = False) -> list[tuple]:
-    """(cache, units written, units in this shard) for every distinct cache of the study.
-    ``skip_failing``: a cache that cannot be filled (its encoder does not load, ...) is
-    logged and left to the runs that need it, which then fail with the error themselves."""
+    """(cache, units written, units in this shard) for every distinct cache of the study."""
+    return fill_run_caches(study_runs(path, overrides), shard, verify, device, skip_failing)
+
+
+def fill_run_caches(runs, shard: tuple[int, int] | None = None, verify: bool = False,
+                    device: str | None = None, skip_failing: bool = False) -> list[tuple]:
+    """:func:`fill_study_cache` for runs already parsed. ``skip_failing``: a cache that cannot
+    be filled (its encoder does not load, ...) is logged and left to the runs that need it,
+    which then fail with the error themselves."""
     import logging
 
     from ablate.data.cache import cache_for_run
     from ablate.registry import get_registry
 
     done, out = set(), []
-    for run in study_runs(path, overrides):
+    for run in runs:
         try:
             cache = cache_for_run(run)
             if cache is None or cache.dir in done:

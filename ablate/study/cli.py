@@ -15,11 +15,13 @@ def _grid(args) -> None:
     from ablate.study.spec import load_study
 
     study = load_study(args.study, args.set)
+    if args.workers < 1:
+        raise ConfigError(f"--workers {args.workers}: need at least 1")
     if args.workers > 1:
         if args.shard or args.dry_run or args.launcher != "local":
             raise ConfigError("--workers starts its own shards: it does not combine with --shard, "
                               "--dry-run or --launcher")
-        outcomes = run_workers(args.study, args.set, args.workers, args.only, args.rerun_changed)
+        outcomes = run_workers(study, args.set, args.workers, args.only, args.rerun_changed)
     else:
         outcomes = run_grid(study, only=args.only, shard=parse_shard(args.shard), dry_run=args.dry_run,
                             launcher=args.launcher, rerun_changed=args.rerun_changed)

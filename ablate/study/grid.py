@@ -252,27 +252,27 @@ def run_grid(study: Study, only=(), shard: tuple[int, int] | None = None, dry_ru
     return outcomes
 
 
-def run_workers(study_path: str, overrides=(), workers: int = 2, only=(), rerun_changed: bool = False,
+def run_workers(study: Study, overrides=(), workers: int = 2, only=(), rerun_changed: bool = False,
                 echo=print) -> list[Outcome]:
     """Run a study's cells in ``workers`` local processes side by side: ``ablate grid
     STUDY --shard i/N`` each, every one with ``cores // N`` torch threads. Small models use
     a second thread poorly (a CPU cell on two threads is far from twice as fast), so two
     cells at once finish sooner than one after the other. The target feature caches are
     filled first, here, so no two workers encode the same data; each worker's output goes to
-    ``<study>/worker<i>.log``. Returns what happened to every selected cell."""
-    from ablate.data.cache_cli import fill_study_cache
-    from ablate.study.spec import load_study
+    ``<study>/worker<i>.log``. ``study`` is the loaded ``study.source`` with ``overrides``
+    (the workers load the same file with the same ``--set``). Returns what happened to every
+    selected cell."""
+    from ablate.data.cache_cli import fill_run_caches
 
     if workers < 1:
         raise ConfigError(f"--workers {workers}: need at least 1")
-    study = load_study(study_path, overrides)
     cells = select(study.cells, only)
     if not rerun_changed:
         refuse_changed(cells, study.source)
     writable_dir(study.study_dir, "study folder")
     write_study_yaml(study)
     before = {c.name: cell_state(c) for c in cells}
-    fill_study_cache(study_path, overrides, skip_failing=True)
+    fill_run_caches([c.run for c in study.cells], skip_failing=True)
     threads = max(1, (os.cpu_count() or 1) // workers)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     args = [a for o in overrides for a in ("--set", o if isinstance(o, str) else f"{o[0]}={o[1]}")]
@@ -283,8 +283,7 @@ def run_workers(study_path: str, overrides=(), workers: int = 2, only=(), rerun_
     try:
         for i in range(workers):
             log_file = open(study.study_dir / f"worker{i}.log", "a")  # noqa: SIM115 - closed below
-            cmd = [sys.executable, "-m", "ablate", "grid", str(study_path), "--shard", f"{i}/{workers}",
-                   "--set", "train.progress_bar=false", *args]
+            cmd = [sys.executable, "-m", "ablate", "grid", study.source, "--shard", f"{i}/{workers}", *args]
             procs.append((subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT), log_file))
         for proc, log_file in procs:
             proc.wait()

@@ -72,8 +72,7 @@ def run_demo(study_path: str | Path | None = None, overrides=(), data_scale: flo
     prepare_toy_data(**{k: max(8, int(v * data_scale)) for k, v in TOY_DATA.items()
                         if k.startswith("n_")})
     if workers > 1:
-        outcomes = run_workers(str(study_path or default_study()), list(overrides), workers,
-                               rerun_changed=rerun_changed)
+        outcomes = run_workers(study, list(overrides), workers, rerun_changed=rerun_changed)
     else:
         outcomes = run_grid(study, rerun_changed=rerun_changed)
     failed = [o.cell.name for o in outcomes if o.result == "failed"]
