@@ -33,3 +33,15 @@ def test_demo_study_file_is_valid():
 def test_missing_assets_say_how_to_rebuild(tmp_path):
     with pytest.raises(FileNotFoundError, match="ablate toy build"):
         check_assets(tmp_path)
+
+
+def test_demo_runs_one_worker_per_core_up_to_one_per_cell(tmp_path, monkeypatch):
+    from ablate.config import ConfigError
+    from ablate.toy.demo import default_workers, run_demo
+
+    assert [default_workers(4, cores) for cores in (1, 2, 3, 16)] == [1, 2, 3, 4]
+    assert default_workers(1, 8) == 1 and default_workers(4, 0) == 1
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="--workers 0: need at least 1"):
+        run_demo(workers=0)
+    assert not (tmp_path / "data").exists()  # refused before any toy data is written

@@ -251,3 +251,31 @@ def test_pooled_regression_starts_from_the_ridge_solution(tmp_path, monkeypatch)
     assert torch.allclose(head.sample(cond), expected, atol=1e-5)
     plain = PooledRegression(PooledRegression.Config(), cond_dim=cond_dim, num_queries=4, target_shape=shape)
     assert plain.sample(cond).shape == (2, *shape) and not torch.allclose(plain.sample(cond), expected)
+
+
+def test_conditioning_check_trains_the_queries_through_the_lm_at_their_own_lr(tiny_models, tiny_shards, tmp_path,
+                                                                               monkeypatch, capsys):
+    """``--train-queries``: the lm mode's conditioning is recomputed by the backbone at every
+    step, so the queries move (at ``train.query_lr``) and the probe samples use the moved ones."""
+    study = _shrunk_demo(tiny_models, tiny_shards, tmp_path)
+    seen = {}
+    real_adamw = torch.optim.AdamW
+
+    def spy(groups, **kwargs):  # the optimiser the script builds, and the queries it starts from
+        opt = real_adamw(groups, **kwargs)
+        seen["opt"], seen["start"] = opt, opt.param_groups[-1]["params"][0].detach().clone()
+        return opt
+
+    monkeypatch.setattr(torch.optim, "AdamW", spy)
+    out = tmp_path / "trained_queries"
+    _run_conditioning_check(monkeypatch, study, "--modes", "lm", "--train-queries", "--pairs", "6", "--steps", "4",
+                            "--every", "4", "--world", "slots", "--out", str(out), "--set", "train.query_lr=0.05", "train.weight_decay=0")
+    capsys.readouterr()
+    groups = seen["opt"].param_groups
+    assert len(groups) == 2 and groups[1]["lr"] == 0.05 and len(groups[1]["params"]) == 1
+    queries = groups[1]["params"][0]
+    assert queries.requires_grad and queries.shape == seen["start"].shape
+    assert not torch.equal(queries.detach(), seen["start"])  # the gradient reached them through the LM
+    rows = pd.read_csv(out / "vae+fm" / "conditioning_check.csv")
+    assert rows["mode"].tolist() == ["lm"] and (rows["loss"] > 0).all()
+    assert (out / "vae+fm" / "samples" / "lm_trained_queries_0000004.png").is_file()

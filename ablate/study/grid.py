@@ -252,8 +252,17 @@ def run_grid(study: Study, only=(), shard: tuple[int, int] | None = None, dry_ru
     return outcomes
 
 
+def echo_changes(cells: list[Cell], seen: dict, start: float, echo=print) -> dict:
+    """Echo each run whose status.json state changed since ``seen``; the new states."""
+    now = {c.name: read_status(c.run.run_dir).get("state") for c in cells}
+    for name, state in now.items():
+        if state != seen.get(name):
+            echo(f"  {name}: {state} ({time.time() - start:.0f}s)")
+    return now
+
+
 def run_workers(study: Study, overrides=(), workers: int = 2, only=(), rerun_changed: bool = False,
-                echo=print) -> list[Outcome]:
+                echo=print, poll_s: float = 5.0) -> list[Outcome]:
     """Run a study's cells in ``workers`` local processes side by side: ``ablate grid
     STUDY --shard i/N`` each, every one with ``cores // N`` torch threads. Small models use
     a second thread poorly (a CPU cell on two threads is far from twice as fast), so two
@@ -285,6 +294,10 @@ def run_workers(study: Study, overrides=(), workers: int = 2, only=(), rerun_cha
             log_file = open(study.study_dir / f"worker{i}.log", "a")  # noqa: SIM115 - closed below
             cmd = [sys.executable, "-m", "ablate", "grid", study.source, "--shard", f"{i}/{workers}", *args]
             procs.append((subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT), log_file))
+        seen = {c.name: read_status(c.run.run_dir).get("state") for c in cells}
+        while any(proc.poll() is None for proc, _ in procs):
+            time.sleep(poll_s)
+            seen = echo_changes(cells, seen, start, echo)  # the console shows the runs progress
         for proc, log_file in procs:
             proc.wait()
             log_file.close()

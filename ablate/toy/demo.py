@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -61,14 +62,25 @@ SMOKE_OVERRIDES = ("results_dir=results/smoke", "train.max_steps=2", "eval.every
                    "eval.sample_steps=2", "eval.sample_prompts=[]", f"eval.metrics={SMOKE_METRICS}")
 
 
+def default_workers(cells: int, cores: int | None = None) -> int:
+    """One worker per core up to one per cell: the toy cells use a second thread poorly, so
+    on 2 cores two cells side by side finish sooner than one after the other on 2 threads
+    (the demo: 5.x vs 9.0 min, results/reference/README.md)."""
+    return max(1, min(cells, cores if cores is not None else os.cpu_count() or 1))
+
+
 def run_demo(study_path: str | Path | None = None, overrides=(), data_scale: float = 1.0,
-             rerun_changed: bool = False, workers: int = 1) -> Path:
+             rerun_changed: bool = False, workers: int | None = None) -> Path:
+    from ablate.config import ConfigError
     from ablate.study.grid import run_grid, run_workers
     from ablate.study.plots import plot
     from ablate.study.spec import load_study
 
     start = time.time()
     study = load_study(study_path or default_study(), overrides)
+    workers = default_workers(len(study.cells)) if workers is None else workers
+    if workers < 1:
+        raise ConfigError(f"--workers {workers}: need at least 1")
     prepare_toy_data(**{k: max(8, int(v * data_scale)) for k, v in TOY_DATA.items()
                         if k.startswith("n_")})
     if workers > 1:
@@ -81,7 +93,8 @@ def run_demo(study_path: str | Path | None = None, overrides=(), data_scale: flo
     print(f"demo: {len(outcomes) - len(failed)} of {len(outcomes)} runs finished in "
           f"{(time.time() - start) / 60:.1f} min; figures: {out.get('step.png')}, table: {out['table']}")
     if failed:
-        raise SystemExit(f"demo: runs failed: {', '.join(failed)} (see {study.study_dir / 'grid.log'})")
+        logs = study.study_dir / ("worker<i>.log" if workers > 1 else "grid.log")
+        raise SystemExit(f"demo: runs failed: {', '.join(failed)} (see {logs})")
     return study.study_dir
 
 
@@ -105,6 +118,7 @@ def add_commands(sub) -> None:
                         "(results in results/smoke/demo)")
     p.add_argument("--rerun-changed", action="store_true",
                    help="run again, from scratch, finished cells whose spec changed (e.g. another --set)")
-    p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="cells side by side in N processes (cores/N threads each; see ablate grid --workers)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="cells side by side in N processes, cores/N threads each (default: one per core, "
+                        "at most one per cell; 1: one after the other in this process; see ablate grid --workers)")
     p.set_defaults(func=_demo)

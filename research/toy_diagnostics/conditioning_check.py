@@ -8,8 +8,9 @@ conditioning of the same shape ``[N, hidden]``:
 
 - ``label``:  a fixed random embedding of the colour plus one of the shape: the same
   information, cleanly separated (what a class-conditional DiT gets);
-- ``lm``:     the frozen backbone's query states of the caption (queries untrained), which
-  is what the study's heads get;
+- ``lm``:     the frozen backbone's query states of the caption (queries untrained, unless
+  ``--train-queries``: then they learn with the head, through the LM, at ``train.query_lr``
+  when set), which is what the study's heads get;
 - ``lm-std``: those query states standardised per (token, feature) with the training pairs'
   mean and std, so the few caption words that change from prompt to prompt are no longer a
   small perturbation of what every prompt shares.
@@ -158,6 +159,22 @@ class Conditioner:
         return states if self.mode == "lm" else (states - self.mean) / self.std
 
 
+def live_query_step(module: AblationModule, opt, params, texts: list[str], targets: torch.Tensor, run,
+                    step: int, order: torch.Generator) -> float:
+    """As ``head_step``, but the batch's conditioning is computed by the backbone with the
+    trainable queries, so they learn with the head (the study's training step)."""
+    module.objective.train()
+    idx = torch.randint(0, len(targets), (run.data.batch_size,), generator=order)
+    torch.manual_seed(run.seed * 1_000_003 + step)
+    loss = module.objective.loss(module.conditioning([texts[i] for i in idx]), targets[idx.to(targets.device)])["loss"]
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if run.train.grad_clip:
+        torch.nn.utils.clip_grad_norm_(params, run.train.grad_clip)
+    opt.step()
+    return loss.item()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("study", help="a study YAML (experiments/...)")
@@ -183,6 +200,9 @@ def main() -> None:
                         "objective's own); rows and sample files name each")
     p.add_argument("--sample-steps", default="",
                    help="comma-separated Euler step counts to sample every check with (default: the objective's)")
+    p.add_argument("--train-queries", action="store_true",
+                   help="lm mode: train the query tokens too, through the frozen LM at every step (as the "
+                        "study's runs do; default: the states of the untrained queries, computed once)")
     p.add_argument("--ema", type=float, default=0.0,
                    help="also sample from an EMA of the head's weights with this decay (0: off; e.g. 0.999)")
     args = p.parse_args()
@@ -223,6 +243,7 @@ def main() -> None:
     probe_s = torch.tensor([SHAPES.index(s) for s in probe_shapes], device=device)
     probe_texts = [short_caption(c, s) for c, s in zip(probe_colors, probe_shapes)]
     initial = copy.deepcopy(module.objective.state_dict())
+    initial_queries = module.backbone.queries.detach().clone()
     samples_dir = out_dir / "samples"
     samples_dir.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -233,8 +254,17 @@ def main() -> None:
         objective = module.objective
         objective.load_state_dict(initial)  # every mode starts from the same weights
         params = [q for q in objective.parameters() if q.requires_grad]
+        live = args.train_queries and mode == "lm"
+        if live:  # the queries learn with the head, at the run's query_lr (default: its lr)
+            queries = module.backbone.queries
+            queries.data.copy_(initial_queries)
+            queries.requires_grad_(True)
+            params = params + [queries]
         t = run.train
-        opt = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+        groups = params  # the module's groups: the queries at train.query_lr when it is set
+        if live and t.query_lr is not None:
+            groups = [{"params": params[:-1]}, {"params": [queries], "lr": t.query_lr}]
+        opt = torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
         # the module's schedule (lr_lambda is indexed by optimiser steps taken, from 0)
         schedule = (torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(replace(run, train=replace(t, max_steps=args.steps))))
                     if args.schedule == "cosine" else None)
@@ -245,7 +275,10 @@ def main() -> None:
         losses, train_s, train_cpu_s = [], 0.0, 0.0
         for step in range(1, args.steps + 1):
             t0, c0 = time.perf_counter(), time.process_time()
-            losses.append(head_step(objective, opt, params, conds, targets, run, step, order))
+            if live:
+                losses.append(live_query_step(module, opt, params, texts, targets, run, step, order))
+            else:
+                losses.append(head_step(objective, opt, params, conds, targets, run, step, order))
             if schedule is not None:
                 schedule.step()
             if args.ema:
@@ -253,6 +286,8 @@ def main() -> None:
             train_s += time.perf_counter() - t0
             train_cpu_s += time.process_time() - c0
             if step % args.every == 0 or step == args.steps:
+                if live:
+                    probe_conds = cond_of(probe_texts, probe_c, probe_s)
                 for (weights, head), guidance, n_steps in itertools.product(heads.items(), guidances, sample_steps):
                     head.eval()
                     g = torch.Generator(device).manual_seed(run.seed)
@@ -262,7 +297,7 @@ def main() -> None:
                         images = to_pil(module.encoder.decode(sample, generator=g))
                     scores = judge_single_objects(images, probe_colors, probe_shapes)
                     # a row per probe shape, a column per colour
-                    name = ((mode if weights == "raw" else f"{mode}_ema") + ("" if guidance is None else f"_g{guidance:g}")
+                    name = ((mode + ("_trained_queries" if live else "") if weights == "raw" else f"{mode}_ema") + ("" if guidance is None else f"_g{guidance:g}")
                             + ("" if n_steps is None else f"_s{n_steps}"))
                     contact_sheet(images, columns=len(COLORS)).save(samples_dir / f"{name}_{step:07d}.png")
                     rows.append({"mode": mode, "weights": weights, "guidance": guidance,
