@@ -279,3 +279,33 @@ def test_conditioning_check_trains_the_queries_through_the_lm_at_their_own_lr(ti
     rows = pd.read_csv(out / "vae+fm" / "conditioning_check.csv")
     assert rows["mode"].tolist() == ["lm"] and (rows["loss"] > 0).all()
     assert (out / "vae+fm" / "samples" / "lm_trained_queries_0000004.png").is_file()
+
+
+def test_probe_checkpoint_asks_every_colour_and_shape_of_a_trained_run(tiny_models, tiny_shards, tmp_path,
+                                                                       monkeypatch, capsys):
+    from ablate.cli import main
+    from ablate.module import AblationModule
+    from ablate.toy.scenes import COLORS, SHAPES
+
+    study = _shrunk_demo(tiny_models, tiny_shards, tmp_path)
+    assert main(["grid", str(study), "--only", "vae+fm", "--set", "train.max_steps=2",
+                 "--set", "eval.every_n_steps=0", "--set", "eval.at_start=false", "--set", "eval.at_end=false"]) == 0
+    run_dir = tmp_path / "results" / "demo" / "vae+fm-seed0"
+    asked = []
+    real = AblationModule.conditioning
+
+    def spy(self, captions):
+        asked.extend(captions)
+        return real(self, captions)
+
+    monkeypatch.setattr(AblationModule, "conditioning", spy)
+    out = tmp_path / "probe"
+    monkeypatch.setattr(sys, "argv", ["probe_checkpoint.py", str(run_dir), "--out", str(out), "--steps", "2"])
+    runpy.run_path(str(DIAGNOSTICS / "probe_checkpoint.py"), run_name="__main__")
+    assert asked == [f"a photo of a {c} {s}" for s in SHAPES for c in COLORS]  # a row per shape
+    row = pd.read_csv(out / "probe.csv").iloc[-1]
+    assert row["run"] == "vae+fm-seed0" and row["step"] == 2 and row["checkpoint"].endswith(".ckpt")
+    assert all(0 <= row[k] <= 1 for k in ("found", "colour", "shape"))
+    sheet = Image.open(out / "vae+fm-seed0_0000002.png")
+    assert sheet.size[1] > sheet.size[0] / len(COLORS) * (len(SHAPES) - 1)
+    assert "step 2, found" in capsys.readouterr().out

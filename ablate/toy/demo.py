@@ -65,7 +65,7 @@ SMOKE_OVERRIDES = ("results_dir=results/smoke", "train.max_steps=2", "eval.every
 def default_workers(cells: int, cores: int | None = None) -> int:
     """One worker per core up to one per cell: the toy cells use a second thread poorly, so
     on 2 cores two cells side by side finish sooner than one after the other on 2 threads
-    (the demo: 5.x vs 9.0 min, results/reference/README.md)."""
+    (the demo: 8.1 min in two workers of one thread vs 9.0 in one of two threads; results/reference/README.md)."""
     return max(1, min(cells, cores if cores is not None else os.cpu_count() or 1))
 
 
