@@ -37,6 +37,7 @@ import torch
 
 from ablate.config import ConfigError, DataConfig, from_dict, load_yaml
 from ablate.data.datasets import ImageCaptionSource
+from ablate.nets import diffusers_load_kwargs
 from ablate.registry import get_registry
 
 log_ = logging.getLogger(__name__)
@@ -128,11 +129,11 @@ def build_decoder(cross_attention_dim: int, resolution: int, cfg: DecoderNetConf
     vae = None
     if cfg.vae:
         try:
-            vae = AutoencoderKL.from_pretrained(cfg.vae, subfolder=cfg.vae_subfolder)
+            vae = AutoencoderKL.from_pretrained(cfg.vae, subfolder=cfg.vae_subfolder, **diffusers_load_kwargs())
         except OSError:
             if not cfg.vae_subfolder:
                 raise
-            vae = AutoencoderKL.from_pretrained(cfg.vae)
+            vae = AutoencoderKL.from_pretrained(cfg.vae, **diffusers_load_kwargs())
         vae.requires_grad_(False).eval()
     scale = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
     if resolution % scale:

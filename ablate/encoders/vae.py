@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from ablate.encoders import Encoder
+from ablate.nets import diffusers_load_kwargs
 from ablate.registry import register
 
 
@@ -35,7 +36,7 @@ class VAEEncoder(Encoder):
         from diffusers import AutoencoderKL
 
         self.cfg = cfg
-        kwargs = {"dtype": getattr(torch, cfg.dtype)}
+        kwargs = {"dtype": getattr(torch, cfg.dtype), **diffusers_load_kwargs()}
         try:
             self.vae = AutoencoderKL.from_pretrained(cfg.model, subfolder=cfg.subfolder, **kwargs)
         except OSError:

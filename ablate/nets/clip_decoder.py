@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ablate.nets import diffusers_load_kwargs
 from ablate.rng import draw
 
 
@@ -47,8 +48,8 @@ class CLIPDiffusionDecoder(nn.Module):
         if missing:
             raise FileNotFoundError(f"{folder}: a CLIP decoder folder needs unet/ and scheduler/ "
                                     f"(and optionally vae/); missing {missing}")
-        unet = UNet2DConditionModel.from_pretrained(folder / "unet", dtype=dtype)
-        vae = AutoencoderKL.from_pretrained(folder / "vae", dtype=dtype) if (folder / "vae").is_dir() else None
+        unet = UNet2DConditionModel.from_pretrained(folder / "unet", dtype=dtype, **diffusers_load_kwargs())
+        vae = AutoencoderKL.from_pretrained(folder / "vae", dtype=dtype, **diffusers_load_kwargs()) if (folder / "vae").is_dir() else None
         return cls(unet, _load_scheduler(folder / "scheduler"), vae)
 
     def save_pretrained(self, path: str | Path) -> None:

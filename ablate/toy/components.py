@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ablate.config import PROMPT_TEMPLATE
+from ablate.nets import diffusers_load_kwargs
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|system|>"]
 # A Llama-3-like chat template (role headers, end-of-turn marker, generation prompt).
@@ -404,7 +405,7 @@ def vae_reconstruction(path: str | Path, images: torch.Tensor) -> tuple[dict, to
     """Reconstruction error of held-out renders (posterior mean), and the reconstructions."""
     from diffusers import AutoencoderKL
 
-    vae = AutoencoderKL.from_pretrained(path, dtype=torch.float32).eval()
+    vae = AutoencoderKL.from_pretrained(path, dtype=torch.float32, **diffusers_load_kwargs()).eval()
     x = to_unit(images)
     recon = torch.cat([vae.decode(vae.encode(x[i:i + 128]).latent_dist.mode()).sample.clamp(-1, 1)
                        for i in range(0, len(x), 128)])
