@@ -308,4 +308,17 @@ def test_probe_checkpoint_asks_every_colour_and_shape_of_a_trained_run(tiny_mode
     assert all(0 <= row[k] <= 1 for k in ("found", "colour", "shape"))
     sheet = Image.open(out / "vae+fm-seed0_0000002.png")
     assert sheet.size[1] > sheet.size[0] / len(COLORS) * (len(SHAPES) - 1)
-    assert "step 2, found" in capsys.readouterr().out
+    assert "step 2, captions short, found" in capsys.readouterr().out
+    assert row["captions"] == "short"
+
+
+def test_probe_checkpoint_detailed_prompts_describe_the_one_object_asked_for():
+    from ablate.toy.scenes import COLORS
+
+    prompts = runpy.run_path(str(DIAGNOSTICS / "probe_checkpoint.py"))["prompts"]
+    colors, shapes = list(COLORS)[:4], ["circle", "star", "ring", "cross"]
+    assert prompts(colors, shapes) == [f"a photo of a {c} {s}" for c, s in zip(colors, shapes)]
+    detailed = prompts(colors, shapes, "detailed")
+    assert detailed == prompts(colors, shapes, "detailed")  # seeded
+    for text, color, shape in zip(detailed, colors, shapes):
+        assert len(text.split()) > 25 and "one object" in text and f"{color} {shape}" in text
