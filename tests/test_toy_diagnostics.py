@@ -322,3 +322,8 @@ def test_probe_checkpoint_detailed_prompts_describe_the_one_object_asked_for():
     assert detailed == prompts(colors, shapes, "detailed")  # seeded
     for text, color, shape in zip(detailed, colors, shapes):
         assert len(text.split()) > 25 and "one object" in text and f"{color} {shape}" in text
+
+
+def test_conditioning_check_refuses_train_queries_without_the_lm_mode(monkeypatch, tmp_path):
+    with pytest.raises(SystemExit, match="--train-queries trains the queries of the lm mode; --modes 'label'"):
+        _run_conditioning_check(monkeypatch, tmp_path / "unused.yaml", "--modes", "label", "--train-queries")

@@ -11,12 +11,11 @@ SET_HELP = ("override a key (repeatable). Run keys (train.max_steps=100) apply t
 
 def _grid(args) -> None:
     from ablate.config import ConfigError
-    from ablate.study.grid import parse_shard, run_grid, run_workers
+    from ablate.study.grid import check_workers, parse_shard, run_grid, run_workers
     from ablate.study.spec import load_study
 
     study = load_study(args.study, args.set)
-    if args.workers < 1:
-        raise ConfigError(f"--workers {args.workers}: need at least 1")
+    check_workers(args.workers)
     if args.workers > 1:
         if args.shard or args.dry_run or args.launcher != "local":
             raise ConfigError("--workers starts its own shards: it does not combine with --shard, "

@@ -252,9 +252,20 @@ def run_grid(study: Study, only=(), shard: tuple[int, int] | None = None, dry_ru
     return outcomes
 
 
+def check_workers(workers: int) -> None:
+    """``--workers`` of ``ablate grid`` / ``ablate demo``: at least one."""
+    if workers < 1:
+        raise ConfigError(f"--workers {workers}: need at least 1")
+
+
+def run_states(cells: list[Cell]) -> dict:
+    """Each run's status.json state (None before it starts)."""
+    return {c.name: read_status(c.run.run_dir).get("state") for c in cells}
+
+
 def echo_changes(cells: list[Cell], seen: dict, start: float, echo=print) -> dict:
     """Echo each run whose status.json state changed since ``seen``; the new states."""
-    now = {c.name: read_status(c.run.run_dir).get("state") for c in cells}
+    now = run_states(cells)
     for name, state in now.items():
         if state != seen.get(name):
             echo(f"  {name}: {state} ({time.time() - start:.0f}s)")
@@ -273,8 +284,7 @@ def run_workers(study: Study, overrides=(), workers: int = 2, only=(), rerun_cha
     selected cell."""
     from ablate.data.cache_cli import fill_run_caches
 
-    if workers < 1:
-        raise ConfigError(f"--workers {workers}: need at least 1")
+    check_workers(workers)
     cells = select(study.cells, only)
     if not rerun_changed:
         refuse_changed(cells, study.source)
@@ -294,7 +304,7 @@ def run_workers(study: Study, overrides=(), workers: int = 2, only=(), rerun_cha
             log_file = open(study.study_dir / f"worker{i}.log", "a")  # noqa: SIM115 - closed below
             cmd = [sys.executable, "-m", "ablate", "grid", study.source, "--shard", f"{i}/{workers}", *args]
             procs.append((subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT), log_file))
-        seen = {c.name: read_status(c.run.run_dir).get("state") for c in cells}
+        seen = run_states(cells)
         while any(proc.poll() is None for proc, _ in procs):
             time.sleep(poll_s)
             seen = echo_changes(cells, seen, start, echo)  # the console shows the runs progress

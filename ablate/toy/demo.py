@@ -71,16 +71,14 @@ def default_workers(cells: int, cores: int | None = None) -> int:
 
 def run_demo(study_path: str | Path | None = None, overrides=(), data_scale: float = 1.0,
              rerun_changed: bool = False, workers: int | None = None) -> Path:
-    from ablate.config import ConfigError
-    from ablate.study.grid import run_grid, run_workers
+    from ablate.study.grid import check_workers, run_grid, run_workers
     from ablate.study.plots import plot
     from ablate.study.spec import load_study
 
     start = time.time()
     study = load_study(study_path or default_study(), overrides)
     workers = default_workers(len(study.cells)) if workers is None else workers
-    if workers < 1:
-        raise ConfigError(f"--workers {workers}: need at least 1")
+    check_workers(workers)  # before any toy data is written
     prepare_toy_data(**{k: max(8, int(v * data_scale)) for k, v in TOY_DATA.items()
                         if k.startswith("n_")})
     if workers > 1:

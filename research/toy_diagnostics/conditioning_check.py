@@ -159,22 +159,6 @@ class Conditioner:
         return states if self.mode == "lm" else (states - self.mean) / self.std
 
 
-def live_query_step(module: AblationModule, opt, params, texts: list[str], targets: torch.Tensor, run,
-                    step: int, order: torch.Generator) -> float:
-    """As ``head_step``, but the batch's conditioning is computed by the backbone with the
-    trainable queries, so they learn with the head (the study's training step)."""
-    module.objective.train()
-    idx = torch.randint(0, len(targets), (run.data.batch_size,), generator=order)
-    torch.manual_seed(run.seed * 1_000_003 + step)
-    loss = module.objective.loss(module.conditioning([texts[i] for i in idx]), targets[idx.to(targets.device)])["loss"]
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    if run.train.grad_clip:
-        torch.nn.utils.clip_grad_norm_(params, run.train.grad_clip)
-    opt.step()
-    return loss.item()
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("study", help="a study YAML (experiments/...)")
@@ -213,6 +197,8 @@ def main() -> None:
     modes = [m for m in args.modes.split(",") if m]
     if unknown := sorted(set(modes) - set(MODES)):
         raise SystemExit(f"--modes: unknown {unknown}; choose from {list(MODES)}")
+    if args.train_queries and "lm" not in modes:
+        raise SystemExit(f"--train-queries trains the queries of the lm mode; --modes {args.modes!r} has none")
 
     probe_shapes_used = [s for s in args.probe_shapes.split(",") if s]
     if unknown := sorted(set(probe_shapes_used) - set(SHAPES)):
@@ -260,6 +246,8 @@ def main() -> None:
             queries.data.copy_(initial_queries)
             queries.requires_grad_(True)
             params = params + [queries]
+        # live: the batch's states through the backbone at every step, so the queries learn
+        batch_conds = (lambda idx: module.conditioning([texts[i] for i in idx.tolist()])) if live else conds
         t = run.train
         groups = params  # the module's groups: the queries at train.query_lr when it is set
         if live and t.query_lr is not None:
@@ -275,10 +263,7 @@ def main() -> None:
         losses, train_s, train_cpu_s = [], 0.0, 0.0
         for step in range(1, args.steps + 1):
             t0, c0 = time.perf_counter(), time.process_time()
-            if live:
-                losses.append(live_query_step(module, opt, params, texts, targets, run, step, order))
-            else:
-                losses.append(head_step(objective, opt, params, conds, targets, run, step, order))
+            losses.append(head_step(objective, opt, params, batch_conds, targets, run, step, order))
             if schedule is not None:
                 schedule.step()
             if args.ema:

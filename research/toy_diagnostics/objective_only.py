@@ -83,14 +83,16 @@ def load_cell(args: argparse.Namespace, record: dict):
     return run, module, out_dir
 
 
-def head_step(objective, opt, params, conds: torch.Tensor, targets: torch.Tensor, run, step: int,
+def head_step(objective, opt, params, conds, targets: torch.Tensor, run, step: int,
               order: torch.Generator) -> float:
     """One optimiser step of the head alone on a random batch of the cached pairs; its loss.
-    The run's batch size and grad clipping; noise and times seeded by (run seed, step)."""
+    The run's batch size and grad clipping; noise and times seeded by (run seed, step).
+    ``conds``: the pairs' cached conditioning, or a function of the batch's indices that
+    computes it (e.g. through the backbone, so its trainable queries in ``params`` learn too)."""
     objective.train()
     idx = torch.randint(0, len(targets), (run.data.batch_size,), generator=order).to(targets.device)
     torch.manual_seed(run.seed * 1_000_003 + step)
-    loss = objective.loss(conds[idx], targets[idx])["loss"]
+    loss = objective.loss(conds(idx) if callable(conds) else conds[idx], targets[idx])["loss"]
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if run.train.grad_clip:

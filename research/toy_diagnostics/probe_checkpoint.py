@@ -54,12 +54,11 @@ def probe(module: AblationModule, shapes=SHAPES, guidance: float | None = None, 
     """(scores, images) of one sample per (shape, colour) prompt from ``module``."""
     colors = [c for _ in shapes for c in COLORS]
     shape_of = [s for s in shapes for _ in COLORS]
-    conds = module.conditioning(prompts(colors, shape_of, style, seed))
-    g = torch.Generator(conds.device).manual_seed(seed)
+    g = torch.Generator(module.device).manual_seed(seed)
     ev = module.run_cfg.eval
-    kwargs = {"guidance": ev.guidance if guidance is None else guidance,
-              "steps": ev.sample_steps if steps is None else steps}
-    sample = module.objective.sample(conds, generator=g, **kwargs)
+    sample = module.generate_features(prompts(colors, shape_of, style, seed), generator=g,
+                                      steps=ev.sample_steps if steps is None else steps,
+                                      guidance=ev.guidance if guidance is None else guidance)
     images = to_pil(module.encoder.decode(sample, generator=g))
     return judge_single_objects(images, colors, shape_of), images
 
