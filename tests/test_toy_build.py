@@ -62,6 +62,7 @@ def test_toy_build_tiny_scale(tiny_assets):
     assert 0.0 <= q["clip_retrieval"]["image_to_text_top1"] <= 1.0 and q["vae"]["mse"] >= 0
     assert set(q["clip_decoder"]["judge"]) >= {"shapes", "colors", "exact"}
     assert q["judge_on_originals"]["exact"] == 1.0  # the detector itself sees the true renders
+    assert q["lm_restatement"]["captions"] == 8 and 0.0 <= q["lm_restatement"]["words"] <= 1.0
     vae_cfg = json.loads((out / "vae" / "config.json").read_text())
     assert vae_cfg["scaling_factor"] == pytest.approx(info["assets"]["vae"]["scaling_factor"])
     assert "ablate toy build" in (out / "README.md").read_text()
@@ -135,3 +136,25 @@ def test_clip_trains_on_patch_semantics(tmp_path):
     assert record["dense_target"] == "patch semantics" and record["final_dense_loss"] > 0
     with pytest.raises(ValueError, match=r"semantics must be \[images, patches, channels\] = \[8, 64, C\]"):
         C.train_clip(tok, images, captions, tmp_path / "bad", steps=1, semantics=sem[:, :16], log=lambda m: None)
+
+
+def test_lm_restatement_scores_the_greedy_answer(tiny_assets):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ablate.toy.components import _words_in_place, chat_prompt, lm_restatement
+
+    assert _words_in_place("a red circle; gray background", "a red circle; gray background") == 1.0
+    assert _words_in_place("a blue circle", "a red circle; gray background") == 2 / 6  # a, circle
+    tok = AutoTokenizer.from_pretrained(tiny_assets / "lm")
+    model = AutoModelForCausalLM.from_pretrained(tiny_assets / "lm")
+    captions = ["a photo of a red circle", "two blue squares on a gray background"]
+    # The reference answer is what the model itself says: scored exactly right, whatever it is.
+    enc = tok(chat_prompt(tok, captions[0]), return_tensors="pt", add_special_tokens=False)
+    out = model.generate(**enc, max_new_tokens=64, do_sample=False, pad_token_id=tok.pad_token_id,
+                         eos_token_id=tok.eos_token_id)
+    own = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    r = lm_restatement(model, tok, captions[:1], [own])
+    assert r["exact"] == r["first_group"] == r["words"] == 1.0 and r["example"]["said"] == own
+    side = tok.padding_side
+    r = lm_restatement(model, tok, captions, [own + " extra", own + " extra"])
+    assert r["exact"] == 0.0 and r["captions"] == 2 and tok.padding_side == side  # left as found

@@ -281,16 +281,23 @@ def test_conditioning_check_trains_the_queries_through_the_lm_at_their_own_lr(ti
     assert (out / "vae+fm" / "samples" / "lm_trained_queries_0000004.png").is_file()
 
 
-def test_probe_checkpoint_asks_every_colour_and_shape_of_a_trained_run(tiny_models, tiny_shards, tmp_path,
-                                                                       monkeypatch, capsys):
+@pytest.fixture(scope="module")
+def trained_vae_fm(tiny_models, tiny_shards, tmp_path_factory) -> Path:
+    """The shrunk demo's VAE+FM cell trained 2 steps: its run folder."""
     from ablate.cli import main
+
+    tmp = tmp_path_factory.mktemp("trained")
+    study = _shrunk_demo(tiny_models, tiny_shards, tmp)
+    assert main(["grid", str(study), "--only", "vae+fm", "--set", "train.max_steps=2",
+                 "--set", "eval.every_n_steps=0", "--set", "eval.at_start=false", "--set", "eval.at_end=false"]) == 0
+    return tmp / "results" / "demo" / "vae+fm-seed0"
+
+
+def test_probe_checkpoint_asks_every_colour_and_shape_of_a_trained_run(trained_vae_fm, tmp_path, monkeypatch, capsys):
     from ablate.module import AblationModule
     from ablate.toy.scenes import COLORS, SHAPES
 
-    study = _shrunk_demo(tiny_models, tiny_shards, tmp_path)
-    assert main(["grid", str(study), "--only", "vae+fm", "--set", "train.max_steps=2",
-                 "--set", "eval.every_n_steps=0", "--set", "eval.at_start=false", "--set", "eval.at_end=false"]) == 0
-    run_dir = tmp_path / "results" / "demo" / "vae+fm-seed0"
+    run_dir = trained_vae_fm
     asked = []
     real = AblationModule.conditioning
 
@@ -327,3 +334,34 @@ def test_probe_checkpoint_detailed_prompts_describe_the_one_object_asked_for():
 def test_conditioning_check_refuses_train_queries_without_the_lm_mode(monkeypatch, tmp_path):
     with pytest.raises(SystemExit, match="--train-queries trains the queries of the lm mode; --modes 'label'"):
         _run_conditioning_check(monkeypatch, tmp_path / "unused.yaml", "--modes", "label", "--train-queries")
+
+
+def test_caption_gain_shuffles_within_groups_and_compares_at_the_same_noise(trained_vae_fm, tmp_path, monkeypatch,
+                                                                           capsys):
+    from ablate.module import AblationModule
+
+    gain = runpy.run_path(str(DIAGNOSTICS / "caption_gain.py"))
+    groups = ["a", "b", "a", "c", "b", "a", "a", "b"]
+    order = gain["shuffled_within"](groups, torch.Generator().manual_seed(0))
+    assert sorted(order.tolist()) == list(range(len(groups)))  # a permutation
+    assert [groups[i] for i in order] == groups  # that keeps every item in its group
+
+    # A condition that carries nothing: every variant then scores the same loss at the same
+    # noise and times, so the gains are exactly 0 (different draws would make them differ).
+    module = AblationModule.load(str(trained_vae_fm / "checkpoints" / "last.ckpt"))
+    shape = (module.backbone.num_queries, module.backbone.hidden_size)
+    monkeypatch.setattr(module, "conditioning", lambda captions: torch.ones(len(captions), *shape))
+    images = torch.randint(0, 255, (6, 3, 64, 64), dtype=torch.uint8)
+    flat = gain["caption_losses"](module, images, [f"caption {i}" for i in range(6)], groups[:6], repeats=2,
+                                  batch_size=4)
+    assert flat["true"] == flat["shuffled"] == flat["same_background"] and flat["gain"] == flat["object_gain"] == 0
+
+    out = tmp_path / "gain"
+    monkeypatch.setattr(sys, "argv", ["caption_gain.py", str(trained_vae_fm), "--out", str(out), "--n", "8",
+                                      "--repeats", "1"])
+    runpy.run_path(str(DIAGNOSTICS / "caption_gain.py"), run_name="__main__")
+    row = pd.read_csv(out / "caption_gain.csv").iloc[-1]
+    assert row["run"] == "vae+fm-seed0" and row["step"] == 2 and row["captions"] == "mixed"
+    assert row["gain"] == pytest.approx(1 - row["true"] / row["shuffled"])
+    assert all(np.isfinite(row[k]) and row[k] > 0 for k in ("true", "shuffled", "same_background", "null"))
+    assert "step 2, captions mixed, true" in capsys.readouterr().out

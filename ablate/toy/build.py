@@ -37,6 +37,7 @@ DECODER_NET = {"spatial": True, "channels": [32, 64], "cross_attention": [False,
                "timestep_spacing": "trailing"}
 DECODE_STEPS, DECODE_GUIDANCE = 20, 2.0  # what the quality check (and the demo) decode with
 GUIDANCE_SWEEP = (1.0, 4.0)  # also judged, on the same scenes
+RESTATEMENT_CAPTIONS = 128  # held-out captions the LM answers in the quality check
 SHORT_FRACTION = 0.3  # of training captions in the short GenEval-like form
 CLIP_TARGETS = ("pixels", "semantics")  # the toy CLIP's dense target (see ``build``)
 LM_ANSWERS = ("none", "restatement")  # what follows the generation prompt in the LM's training
@@ -208,8 +209,9 @@ def build(out_dir: str | Path | None = None, scale: float = 1.0, seed: int = 0, 
 @torch.no_grad()
 def quality(root: Path, images: torch.Tensor, captions: list[str], scenes: list[dict], n_decode: int,
             seed: int = 0, decode_steps: int = DECODE_STEPS, guidance: float = DECODE_GUIDANCE) -> dict:
-    """CLIP retrieval, VAE reconstruction and CLIP-decoder reconstruction of held-out scenes,
-    the last two judged by the toy detector (do the detected shapes / colours match?).
+    """The LM's answers to held-out captions (:func:`ablate.toy.components.lm_restatement`), CLIP
+    retrieval, VAE reconstruction and CLIP-decoder reconstruction of held-out scenes, the last
+    two judged by the toy detector (do the detected shapes / colours match?).
     Writes ``preview.png``: originals, VAE and CLIP-decoder reconstructions, one row each."""
     from ablate.registry import get_registry
     from ablate.toy import components as C
@@ -218,6 +220,14 @@ def quality(root: Path, images: torch.Tensor, captions: list[str], scenes: list[
     with C.Timer() as t:
         q["clip_retrieval"] = C.clip_retrieval(root / "clip", images, captions)
     q["clip_retrieval"].update(t.info())
+    with C.Timer() as t:  # does the frozen LM read its captions? (what the study's queries need)
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        k = min(len(captions), RESTATEMENT_CAPTIONS)
+        q["lm_restatement"] = C.lm_restatement(
+            AutoModelForCausalLM.from_pretrained(root / "lm"), AutoTokenizer.from_pretrained(root / "lm"),
+            captions[:k], [restatement(s, c) for s, c in zip(scenes[:k], captions[:k])])
+    q["lm_restatement"].update(t.info())
     with C.Timer() as t:
         vae_err, recon = C.vae_reconstruction(root / "vae", images)
         q["vae"] = {**vae_err, "judge": C.judge_images([C.to_pil(x) for x in recon], scenes)}
@@ -251,18 +261,18 @@ def quality(root: Path, images: torch.Tensor, captions: list[str], scenes: list[
 
 def readme(info: dict) -> str:
     q, a = info["quality"], info["assets"]
-    r = q["clip_retrieval"]
+    r, lr = q["clip_retrieval"], q["lm_restatement"]
     return f"""# Toy world assets
 
 Small pretrained components of the toy world (`{info.get('world', 'free')}` world), trained by `ablate toy build` (module
 `ablate/toy/build.py`) on the procedural scenes of `ablate/toy/scenes.py`, saved with
 `save_pretrained` so they load through the same `from_pretrained` path as real weights.
-Rebuild from scratch (about 10-15 minutes on 2 CPU cores): `ablate toy build [--out DIR] [--scale S]`.
+Rebuild from scratch with `ablate toy build [--out DIR] [--scale S]` (this build: {info['wall_s'] / 60:.0f} min on {info['threads']} threads).
 
 | folder | what | use in a run spec |
 |---|---|---|
 | `tokenizer/` | byte-level BPE ({a['tokenizer']['vocab_size']} tokens), chat template | (inside `lm/` and `clip/` too) |
-| `lm/` | `LlamaForCausalLM`, {a['lm']['params'] / 1e6:.2f} M params, next-token trained on captions | `backbone: {{model: <assets>/lm}}` |
+| `lm/` | `LlamaForCausalLM`, {a['lm']['params'] / 1e6:.2f} M params, next-token trained on captions and on answering the generation prompt with what the caption says | `backbone: {{model: <assets>/lm}}` |
 | `clip/` | `CLIPModel` 64 px, patch 8 (8x8 grid, width 128), contrastive | `encoder: {{name: clip, model: <assets>/clip, grid: 8, decoder: <assets>/clip_decoder}}` |
 | `vae/` | `AutoencoderKL` 64 px -> 4x16x16, scaling_factor {a['vae']['scaling_factor']} | `encoder: {{name: vae, model: <assets>/vae, subfolder: null, resolution: 64}}` |
 | `clip_decoder/` | `UNet2DConditionModel` (text_time; the 8x8 grid cross-attended and, resized, concatenated to its input) + Euler scheduler + `vae/`: CLIP tokens -> pixels | the clip encoder's `decoder:` |
@@ -270,6 +280,8 @@ Rebuild from scratch (about 10-15 minutes on 2 CPU cores): `ablate toy build [--
 Built with seed {info['seed']}, scale {info['scale']}, {info['threads']} threads in {info['wall_s']:.0f} s
 (wall; {info['cpu_s']:.0f} s CPU). Quality on held-out scenes (see `build_info.json`):
 
+- LM, asked the generation prompt for {lr['captions']} held-out captions, answers what they say
+  (`ablate.toy.scenes.restatement`) word for word in {lr['exact']:.0%}, {lr['words']:.0%} of the words in place.
 - CLIP retrieval among {r['pairs']} pairs: image->text top-1 {r['image_to_text_top1']:.2f}, text->image
   top-1 {r['text_to_image_top1']:.2f} (chance {r['chance_top1']:.3f}).
 - VAE reconstruction: MSE {q['vae']['mse']} ([-1, 1] pixels), PSNR {q['vae']['psnr_db']} dB; toy detector

@@ -198,6 +198,41 @@ def train_lm(tokenizer, captions: list[str], out: str | Path, steps: int, batch_
 # ----------------------------------------------------------------------------- CLIP
 
 
+def _words_in_place(said: str, answer: str) -> float:
+    def words(text: str) -> list[str]:
+        return text.replace(";", " ;").replace(",", " ,").split()
+    ref = words(answer)
+    return sum(x == y for x, y in zip(words(said), ref)) / max(1, len(ref))
+
+
+@torch.no_grad()
+def lm_restatement(model, tokenizer, captions: list[str], answers: list[str], batch_size: int = 32,
+                   max_new_tokens: int = 64) -> dict:
+    """How well the LM answers the generation prompt: greedy answers to held-out ``captions``
+    against their reference ``answers`` (:func:`ablate.toy.scenes.restatement`). ``exact``: the
+    whole answer right; ``first_group``: its object list (the text before the first ";");
+    ``words``: the share of the answer's words said in their place (partial credit)."""
+    model.eval()
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    said = []
+    try:
+        for i in range(0, len(captions), batch_size):
+            enc = tokenizer([chat_prompt(tokenizer, c) for c in captions[i:i + batch_size]],
+                            return_tensors="pt", padding=True, add_special_tokens=False)
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            said += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = side
+    said = [s.strip() for s in said]
+    n = max(1, len(answers))
+    return {"captions": len(answers),
+            "exact": round(sum(s == a for s, a in zip(said, answers)) / n, 4),
+            "first_group": round(sum(s.split(";")[0] == a.split(";")[0] for s, a in zip(said, answers)) / n, 4),
+            "words": round(sum(_words_in_place(s, a) for s, a in zip(said, answers)) / n, 4),
+            "example": {"caption": captions[0], "answer": answers[0], "said": said[0]} if said else None}
+
+
 def clip_text_ids(tokenizer, captions: list[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``<s> caption </s>``, truncated to ``max_len`` with the EOS kept (CLIP pools there)."""
     rows = []
