@@ -341,6 +341,9 @@ def test_caption_gain_shuffles_within_groups_and_compares_at_the_same_noise(trai
     from ablate.module import AblationModule
 
     gain = runpy.run_path(str(DIAGNOSTICS / "caption_gain.py"))
+    images, captions, scenes = gain["held_out_pairs"](6, 1.0, "slots", objects=2)
+    assert images.shape == (6, 3, 64, 64) and images.dtype == torch.uint8 and len(captions) == 6
+    assert all(len(x["objects"]) == 2 for x in scenes)
     groups = ["a", "b", "a", "c", "b", "a", "a", "b"]
     order = gain["shuffled_within"](groups, torch.Generator().manual_seed(0))
     assert sorted(order.tolist()) == list(range(len(groups)))  # a permutation
@@ -361,7 +364,7 @@ def test_caption_gain_shuffles_within_groups_and_compares_at_the_same_noise(trai
                                       "--repeats", "1"])
     runpy.run_path(str(DIAGNOSTICS / "caption_gain.py"), run_name="__main__")
     row = pd.read_csv(out / "caption_gain.csv").iloc[-1]
-    assert row["run"] == "vae+fm-seed0" and row["step"] == 2 and row["captions"] == "mixed"
+    assert row["run"] == "vae+fm-seed0" and row["step"] == 2 and row["captions"] == "mixed" and row["objects"] == "1-4"
     assert row["gain"] == pytest.approx(1 - row["true"] / row["shuffled"])
     assert all(np.isfinite(row[k]) and row[k] > 0 for k in ("true", "shuffled", "same_background", "null"))
-    assert "step 2, captions mixed, true" in capsys.readouterr().out
+    assert "step 2, captions mixed, objects 1-4, true" in capsys.readouterr().out

@@ -23,18 +23,34 @@ import argparse
 import inspect
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
 from ablate.eval.cli import readable_checkpoint
 from ablate.module import AblationModule
 from ablate.toy.components import to_unit, toy_pairs
-from ablate.toy.scenes import WORLDS
+from ablate.toy.scenes import MAX_OBJECTS, WORLDS, caption, render, sample_rng, sample_scene
 
 SHORT_FRACTION = {"short": 1.0, "detailed": 0.0, "mixed": 0.2}  # "mixed": the demo shards' share
 
 
 @torch.no_grad()
+def held_out_pairs(n: int, short_fraction: float, world: str, objects: int | None = None):
+    """``n`` validation-split (uint8 images, captions, scene dicts); ``objects``: every scene
+    has that many objects (a head trained on one-object scenes is measured on its own kind)."""
+    if objects is None:
+        return toy_pairs(n, 0, "validation", short_fraction, world=world)
+    images, captions, scenes = [], [], []
+    for i in range(n):
+        rng = sample_rng(i, 0, "validation")
+        scene = sample_scene(rng, objects, world)
+        captions.append(caption(scene, rng, "short" if rng.random() < short_fraction else "detailed"))
+        images.append(torch.from_numpy(np.array(render(scene))).permute(2, 0, 1))
+        scenes.append(scene.to_dict())
+    return torch.stack(images), captions, scenes
+
+
 def shuffled_within(groups: list, generator: torch.Generator) -> torch.Tensor:
     """A permutation that moves each item only among the items of its own group."""
     order = torch.arange(len(groups))
@@ -81,13 +97,15 @@ def main() -> None:
     p.add_argument("--captions", choices=tuple(SHORT_FRACTION), default="mixed")
     p.add_argument("--world", choices=WORLDS, default="slots")
     p.add_argument("--n", type=int, default=256, help="held-out pairs (the toy world's validation split)")
+    p.add_argument("--objects", type=int, choices=range(1, MAX_OBJECTS + 1), default=None,
+                   help="objects per held-out scene (default: the world's 1-4)")
     p.add_argument("--repeats", type=int, default=4, help="noise / time draws per pair")
     p.add_argument("--out", default="results/caption_gain")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    images, captions, scenes = toy_pairs(args.n, 0, "validation", SHORT_FRACTION[args.captions], world=args.world)
+    images, captions, scenes = held_out_pairs(args.n, SHORT_FRACTION[args.captions], args.world, args.objects)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for path in args.checkpoints:
@@ -95,6 +113,7 @@ def main() -> None:
         module = AblationModule.load(checkpoint)
         step = int(torch.load(checkpoint, map_location="cpu", weights_only=False).get("global_step", -1))
         row = {"run": module.run_cfg.name, "checkpoint": str(checkpoint), "step": step, "captions": args.captions,
+               "objects": args.objects or f"1-{MAX_OBJECTS}",
                **caption_losses(module, images, captions, [x["background"] for x in scenes], args.repeats)}
         table = out / "caption_gain.csv"
         frame = pd.concat([pd.read_csv(table), pd.DataFrame([row])]) if table.is_file() else pd.DataFrame([row])
