@@ -153,8 +153,10 @@ def test_lm_restatement_scores_the_greedy_answer(tiny_assets):
     out = model.generate(**enc, max_new_tokens=64, do_sample=False, pad_token_id=tok.pad_token_id,
                          eos_token_id=tok.eos_token_id)
     own = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
-    r = lm_restatement(model, tok, captions[:1], [own])
+    r = lm_restatement(model, tok, captions[:1], [own], max_new_tokens=64)  # as long as the answer above
     assert r["exact"] == r["first_group"] == r["words"] == 1.0 and r["example"]["said"] == own
     side = tok.padding_side
     r = lm_restatement(model, tok, captions, [own + " extra", own + " extra"])
     assert r["exact"] == 0.0 and r["captions"] == 2 and tok.padding_side == side  # left as found
+    with pytest.raises(ValueError, match="1 reference answers for 2 captions"):
+        lm_restatement(model, tok, captions, [own])

@@ -195,9 +195,6 @@ def train_lm(tokenizer, captions: list[str], out: str | Path, steps: int, batch_
             "params": n_params(model), "final_loss": _tail_mean(losses), **t.info()}
 
 
-# ----------------------------------------------------------------------------- CLIP
-
-
 def _words_in_place(said: str, answer: str) -> float:
     def words(text: str) -> list[str]:
         return text.replace(";", " ;").replace(",", " ,").split()
@@ -207,11 +204,13 @@ def _words_in_place(said: str, answer: str) -> float:
 
 @torch.no_grad()
 def lm_restatement(model, tokenizer, captions: list[str], answers: list[str], batch_size: int = 32,
-                   max_new_tokens: int = 64) -> dict:
+                   max_new_tokens: int = 96) -> dict:
     """How well the LM answers the generation prompt: greedy answers to held-out ``captions``
     against their reference ``answers`` (:func:`ablate.toy.scenes.restatement`). ``exact``: the
     whole answer right; ``first_group``: its object list (the text before the first ";");
     ``words``: the share of the answer's words said in their place (partial credit)."""
+    if len(answers) != len(captions):
+        raise ValueError(f"{len(answers)} reference answers for {len(captions)} captions; give one per caption")
     model.eval()
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     said = []
@@ -231,6 +230,9 @@ def lm_restatement(model, tokenizer, captions: list[str], answers: list[str], ba
             "first_group": round(sum(s.split(";")[0] == a.split(";")[0] for s, a in zip(said, answers)) / n, 4),
             "words": round(sum(_words_in_place(s, a) for s, a in zip(said, answers)) / n, 4),
             "example": {"caption": captions[0], "answer": answers[0], "said": said[0]} if said else None}
+
+
+# ----------------------------------------------------------------------------- CLIP
 
 
 def clip_text_ids(tokenizer, captions: list[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
