@@ -81,13 +81,15 @@ def _tail_mean(losses: list[float], frac: float = 0.1) -> float:
 
 
 def toy_pairs(n: int, seed: int = 0, split: str = "train", short_fraction: float = 0.2,
-              size: int = 64, world: str | None = None) -> tuple[torch.Tensor, list[str], list[dict]]:
-    """``n`` rendered samples of ``world`` (default: ``scenes.DEFAULT_WORLD``): uint8 images
-    ``[n, 3, size, size]``, captions, scene dicts."""
+              size: int = 64, world: str | None = None,
+              n_objects: int | None = None) -> tuple[torch.Tensor, list[str], list[dict]]:
+    """``n`` rendered samples of ``world`` (default: ``scenes.DEFAULT_WORLD``; ``n_objects``
+    objects each, default the world's 1-4): uint8 images ``[n, 3, size, size]``, captions, scene dicts."""
     from ablate.toy.scenes import DEFAULT_WORLD, make_dataset
 
     images, captions, scenes = [], [], []
-    for image, text, scene in make_dataset(n, seed, split, size, short_fraction, world=world or DEFAULT_WORLD):
+    for image, text, scene in make_dataset(n, seed, split, size, short_fraction, world=world or DEFAULT_WORLD,
+                                              n_objects=n_objects):
         images.append(torch.from_numpy(np.array(image)).permute(2, 0, 1))
         captions.append(text)
         scenes.append(scene)

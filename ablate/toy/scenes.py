@@ -434,17 +434,20 @@ def sample_rng(index: int, seed: int, split: str) -> np.random.Generator:
 
 
 def make_sample(index: int, seed: int = 0, split: str = "train", size: int = 64,
-                short_fraction: float = 0.2, world: str = DEFAULT_WORLD) -> tuple[Image.Image, str, dict]:
-    """One (image, caption, scene dict) sample; a ``short_fraction`` of captions are short."""
+                short_fraction: float = 0.2, world: str = DEFAULT_WORLD,
+                n_objects: int | None = None) -> tuple[Image.Image, str, dict]:
+    """One (image, caption, scene dict) sample; a ``short_fraction`` of captions are short;
+    ``n_objects``: that many objects (default: the world's 1-4)."""
     rng = sample_rng(index, seed, split)
-    scene = sample_scene(rng, world=world)
+    scene = sample_scene(rng, n_objects, world=world)
     style = "short" if rng.random() < short_fraction else "detailed"
     return render(scene, size), caption(scene, rng, style), scene.to_dict()
 
 
 def make_dataset(n: int, seed: int = 0, split: str = "train", size: int = 64, short_fraction: float = 0.2,
-                 start: int = 0, world: str = DEFAULT_WORLD) -> Iterator[tuple[Image.Image, str, dict]]:
+                 start: int = 0, world: str = DEFAULT_WORLD,
+                 n_objects: int | None = None) -> Iterator[tuple[Image.Image, str, dict]]:
     """Samples ``start .. start+n-1`` of a split of ``world``, deterministically (see ``make_sample``)."""
     check_world(world)
     for i in range(start, start + n):
-        yield make_sample(i, seed, split, size, short_fraction, world)
+        yield make_sample(i, seed, split, size, short_fraction, world, n_objects)

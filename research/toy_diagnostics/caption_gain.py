@@ -23,14 +23,13 @@ import argparse
 import inspect
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
 from ablate.eval.cli import readable_checkpoint
 from ablate.module import AblationModule
 from ablate.toy.components import to_unit, toy_pairs
-from ablate.toy.scenes import MAX_OBJECTS, WORLDS, caption, render, sample_rng, sample_scene
+from ablate.toy.scenes import MAX_OBJECTS, WORLDS
 
 SHORT_FRACTION = {"short": 1.0, "detailed": 0.0, "mixed": 0.2}  # "mixed": the demo shards' share
 
@@ -39,16 +38,7 @@ SHORT_FRACTION = {"short": 1.0, "detailed": 0.0, "mixed": 0.2}  # "mixed": the d
 def held_out_pairs(n: int, short_fraction: float, world: str, objects: int | None = None):
     """``n`` validation-split (uint8 images, captions, scene dicts); ``objects``: every scene
     has that many objects (a head trained on one-object scenes is measured on its own kind)."""
-    if objects is None:
-        return toy_pairs(n, 0, "validation", short_fraction, world=world)
-    images, captions, scenes = [], [], []
-    for i in range(n):
-        rng = sample_rng(i, 0, "validation")
-        scene = sample_scene(rng, objects, world)
-        captions.append(caption(scene, rng, "short" if rng.random() < short_fraction else "detailed"))
-        images.append(torch.from_numpy(np.array(render(scene))).permute(2, 0, 1))
-        scenes.append(scene.to_dict())
-    return torch.stack(images), captions, scenes
+    return toy_pairs(n, 0, "validation", short_fraction, world=world, n_objects=objects)
 
 
 def shuffled_within(groups: list, generator: torch.Generator) -> torch.Tensor:
