@@ -27,7 +27,7 @@ from ablate.toy.scenes import DEFAULT_WORLD, Scene, check_world, patch_semantics
 
 ASSETS = ("tokenizer", "lm", "clip", "vae", "clip_decoder")
 # Data sizes and steps at scale 1.0 (scaled, with floors, by ``build``).
-BASE = {"images": 6000, "lm_steps": 400, "clip_steps": 300, "vae_steps": 1000, "decoder_steps": 800,
+BASE = {"images": 6000, "lm_steps": 3000, "clip_steps": 300, "vae_steps": 1000, "decoder_steps": 800,
         "eval_pairs": 256, "eval_decode": 64}
 FLOORS = {"images": 64, "lm_steps": 2, "clip_steps": 2, "vae_steps": 4, "decoder_steps": 2,
           "eval_pairs": 8, "eval_decode": 4}
