@@ -34,13 +34,13 @@ from ablate.toy.scenes import MAX_OBJECTS, WORLDS
 SHORT_FRACTION = {"short": 1.0, "detailed": 0.0, "mixed": 0.2}  # "mixed": the demo shards' share
 
 
-@torch.no_grad()
 def held_out_pairs(n: int, short_fraction: float, world: str, objects: int | None = None):
     """``n`` validation-split (uint8 images, captions, scene dicts); ``objects``: every scene
     has that many objects (a head trained on one-object scenes is measured on its own kind)."""
     return toy_pairs(n, 0, "validation", short_fraction, world=world, n_objects=objects)
 
 
+@torch.no_grad()
 def shuffled_within(groups: list, generator: torch.Generator) -> torch.Tensor:
     """A permutation that moves each item only among the items of its own group."""
     order = torch.arange(len(groups))
