@@ -77,6 +77,9 @@ class Backbone(nn.Module):
     def forward(self, captions: list[str]) -> torch.Tensor:
         """Query hidden states ``[B, num_queries, hidden]`` for a batch of captions."""
         enc = self.tokenize(captions)
+        if not self.queries.requires_grad:  # frozen queries: nothing upstream of the head trains
+            with torch.no_grad():
+                return self._forward_full(enc["input_ids"], enc["attention_mask"])
         if self.cfg.reuse_prompt_cache:
             return self._forward_cached(enc["input_ids"], enc["attention_mask"])
         return self._forward_full(enc["input_ids"], enc["attention_mask"])

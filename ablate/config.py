@@ -312,8 +312,9 @@ class TrainConfig:
     lr: float = field(default=1e-4, metadata=limits(above=0))
     min_lr: float = field(default=1e-5, metadata=limits(0))
     # The query embeddings' own peak lr (None: ``lr``); the schedule scales it like ``lr``.
-    # They feed a frozen LM, unlike the head's weights, so their best lr may differ.
-    query_lr: float | None = field(default=None, metadata=limits(above=0))
+    # They feed a frozen LM, unlike the head's weights, so their best lr may differ. 0 freezes
+    # them at their initial values: the LM then runs without a graph (no backward through it).
+    query_lr: float | None = field(default=None, metadata=limits(0))
     warmup_steps: int = field(default=0, metadata=limits(0))
     warmup_ratio: float = field(default=0.003, metadata=limits(0, 1))
     weight_decay: float = field(default=0.0, metadata=limits(0))

@@ -58,6 +58,8 @@ class AblationModule(L.LightningModule):
         self.save_hyperparameters({"config": config})
         self.run_cfg = parse_run(config)
         self.encoder, self.backbone, self.objective = build_parts(self.run_cfg)
+        if self.run_cfg.train.query_lr == 0:
+            self.backbone.queries.requires_grad_(False)
         self.objective.gradient_checkpointing = self.run_cfg.train.gradient_checkpointing
         self.skipped: Counter = Counter()
         self.wall_offset = 0.0  # seconds trained before a resume
@@ -72,7 +74,8 @@ class AblationModule(L.LightningModule):
     # ---- what trains ----------------------------------------------------------------
 
     def trainable_parameters(self):
-        return [self.backbone.queries, *(p for p in self.objective.parameters() if p.requires_grad)]
+        queries = [self.backbone.queries] if self.backbone.queries.requires_grad else []
+        return [*queries, *(p for p in self.objective.parameters() if p.requires_grad)]
 
     def frozen_modules(self) -> list[torch.nn.Module]:
         """The pretrained parts that never train: the language model and the encoder."""
@@ -100,7 +103,7 @@ class AblationModule(L.LightningModule):
         # One fused kernel for the whole update on a GPU (Lightning has moved the module there).
         fused = all(p.is_cuda for p in params) or None
         groups = params
-        if t.query_lr is not None:  # the head's group first: ``train/lr`` logs group 0
+        if t.query_lr:  # the head's group first: ``train/lr`` logs group 0
             queries = self.backbone.queries
             groups = [{"params": [p for p in params if p is not queries]},
                       {"params": [queries], "lr": t.query_lr}]

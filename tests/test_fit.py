@@ -92,6 +92,25 @@ def test_query_lr_gives_the_queries_their_own_scheduled_lr(tiny_models, tiny_sha
     assert len(AblationModule.from_run(parse_run(spec)).configure_optimizers()["optimizer"].param_groups) == 1
 
 
+def test_query_lr_zero_freezes_the_queries_and_runs_the_lm_without_a_graph(tiny_models, tiny_shards, tmp_path):
+    from ablate.module import AblationModule
+
+    spec = tiny_run_spec(tiny_models, tiny_shards, tmp_path, "vae", "flow_matching")
+    spec["train"]["query_lr"] = 0
+    module = AblationModule.from_run(parse_run(spec))
+    before = module.backbone.queries.detach().clone()
+    assert not any(p is module.backbone.queries for p in module.trainable_parameters())
+    opt = module.configure_optimizers()["optimizer"]
+    assert len(opt.param_groups) == 1
+    cond = module.conditioning(["a red circle", "two blue squares"])
+    assert cond.grad_fn is None  # no graph through the LM
+    loss = module.objective.loss(cond, torch.randn(2, *module.objective.target_shape))["loss"]
+    loss.backward()
+    opt.step()
+    assert torch.equal(module.backbone.queries, before)
+    assert any(p.grad is not None for p in module.objective.parameters())
+
+
 class Interrupt(L.Callback):
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         if trainer.global_step == 2:

@@ -40,6 +40,29 @@ def test_objective_only_trains_the_head_and_logs_the_run_metrics(tiny_models, ti
     assert recorded["train"]["max_steps"] == 3 and "git" in recorded["provenance"]
 
 
+@pytest.mark.parametrize("kind", ["words", "prompt"])
+def test_swapped_conditioning_reads_the_caption_padded_to_the_query_count(tiny_models, tiny_shards, tmp_path, kind):
+    from ablate.module import AblationModule
+    from ablate.study.spec import load_study
+
+    swap = runpy.run_path(str(ROOT / "research" / "toy_diagnostics" / "objective_only.py"))["swap_conditioning"]
+    run = {c.cell: c for c in load_study(_shrunk_demo(tiny_models, tiny_shards, tmp_path)).cells}["vae+fm"].run
+    module = AblationModule.from_run(run)
+    swap(module, kind, seed=0)
+    captions = ["a red circle", "a photo of two blue squares left of a green star", "a red circle"]
+    states = module.conditioning(captions)
+    n, hidden = module.backbone.num_queries, module.backbone.hidden_size
+    assert states.shape == (3, n, hidden) and states.grad_fn is None
+    lengths = module.backbone.tokenize(captions)["attention_mask"].sum(-1)
+    for row, length in zip(states, lengths):  # left-aligned padding reads as zeros
+        real = min(int(length), n)
+        assert (row[:n - real] == 0).all() and (row[n - real:].abs().sum(-1) > 0).all()
+    assert torch.equal(states[0], states[2]) and not torch.equal(states[0], states[1])
+    # the head trains on them: one loss, finite
+    loss = module.objective.loss(states, torch.randn(3, *module.objective.target_shape))["loss"]
+    assert torch.isfinite(loss)
+
+
 class _Sampler:
     """An objective stand-in whose samples are a fixed function of the conditioning rows."""
 

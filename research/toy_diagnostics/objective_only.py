@@ -24,6 +24,20 @@ is the classic "can it overfit a handful of pairs?" check:
     python research/toy_diagnostics/objective_only.py experiments/demo.yaml --cell vae+fm --pairs 16 \\
         --no-metrics --set train.max_steps=2000 --every 500
 
+``--conditioning`` swaps what the head reads, in training and in evaluation alike, to ask
+whether the query states are what holds a head back (the states are padded / cut to the
+backbone's number of queries, so every head and ``cond_standardize`` take them unchanged):
+
+- ``queries`` (default): the backbone's query states, as the study's heads get them;
+- ``prompt``: the frozen LM's last hidden states at the prompt's own tokens (the
+  conditioning of text-to-image models that read a text encoder's whole sequence): what the
+  LM holds about the caption, without the queries' bottleneck;
+- ``words``: no LM at all: a fixed random embedding per token plus a sinusoidal position
+  (the caption's words cleanly separated, as the positive control's label is for one object).
+
+    python research/toy_diagnostics/objective_only.py experiments/demo.yaml --cell vae+fm \\
+        --conditioning words --set train.max_steps=4000 --every 1000
+
 Figures only; nothing here asserts a target.
 """
 
@@ -57,6 +71,41 @@ def cached_pairs(module: AblationModule, n: int) -> tuple[torch.Tensor, torch.Te
         if seen >= n:
             break
     return torch.cat(targets)[:n], torch.cat(conds)[:n]
+
+
+CONDITIONINGS = ("queries", "prompt", "words")
+
+
+def sinusoid(length: int, dim: int) -> torch.Tensor:
+    """Transformer sinusoidal position codes ``[length, dim]``."""
+    pos = torch.arange(length, dtype=torch.float32)[:, None]
+    freq = torch.exp(-torch.arange(0, dim, 2, dtype=torch.float32) * (torch.log(torch.tensor(1e4)) / dim))
+    return torch.cat([torch.sin(pos * freq), torch.cos(pos * freq)], dim=1)[:, :dim]
+
+
+def swap_conditioning(module: AblationModule, kind: str, seed: int) -> None:
+    """Point ``module.conditioning`` (training pairs and evaluation alike) at ``kind``."""
+    if kind == "queries":
+        return
+    backbone, n = module.backbone, module.backbone.num_queries
+    table = torch.randn(len(backbone.tokenizer), backbone.hidden_size,
+                        generator=torch.Generator().manual_seed(seed)) if kind == "words" else None
+    position = sinusoid(n, backbone.hidden_size)
+
+    @torch.no_grad()
+    def conditioning(captions: list[str]) -> torch.Tensor:
+        enc = backbone.tokenize(captions)  # left-padded: every caption ends at the last position
+        ids, mask = enc["input_ids"][:, -n:], enc["attention_mask"][:, -n:]
+        if kind == "words":
+            states = table[ids] + position[-ids.shape[1]:]
+        else:
+            out = backbone.lm.get_decoder()(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                                            position_ids=backbone._prompt_positions(enc["attention_mask"]))
+            states = out.last_hidden_state[:, -n:].float()
+        states = states * mask[..., None]  # padding reads as zeros
+        return torch.nn.functional.pad(states, (0, 0, n - states.shape[1], 0)).to(backbone.queries.device)
+
+    module.conditioning = conditioning
 
 
 def resolve_cell(args: argparse.Namespace, record: dict):
@@ -124,6 +173,8 @@ def main() -> None:
     p.add_argument("--every", type=int, default=500, help="evaluate every N steps")
     p.add_argument("--out", default="results/objective_only")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--conditioning", choices=CONDITIONINGS, default="queries",
+                   help="what the head reads: the query states, the LM's prompt states, or word embeddings")
     p.add_argument("--recall", type=int, default=16,
                    help="also report recall/ratio on the first N training pairs (0: off)")
     p.add_argument("--metrics", action=argparse.BooleanOptionalAction, default=True,
@@ -133,7 +184,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     run, module, out_dir = load_cell(args, {"objective_only": {
-        "pairs": args.pairs, "every": args.every, "recall": args.recall, "metrics": args.metrics}})
+        "pairs": args.pairs, "every": args.every, "recall": args.recall, "metrics": args.metrics,
+        "conditioning": args.conditioning}})
+    swap_conditioning(module, args.conditioning, run.seed)
     start = time.time()
     targets, conds = cached_pairs(module, args.pairs)
     print(f"cached {len(targets)} pairs in {time.time() - start:.0f}s: targets {tuple(targets.shape[1:])}, "
