@@ -119,6 +119,22 @@ def test_toy_data_follows_the_assets_world(tmp_path, monkeypatch):
     assert json.loads((out / "shards" / "toy_world.json").read_text())["world"] == "free"
 
 
+def test_toy_data_short_fraction_sets_the_caption_mix_and_is_recorded(tmp_path, capsys):
+    import tarfile
+
+    from ablate.cli import main
+
+    main(["toy", "data", "--out", str(tmp_path / "short"), "--scale", "0.004", "--short-fraction", "1"])
+    record = json.loads((tmp_path / "short" / "toy_data.json").read_text())
+    assert record["short_fraction"] == 1.0
+    assert json.loads((tmp_path / "short" / "shards" / "toy_world.json").read_text())["short_fraction"] == 1.0
+    with tarfile.open(next((tmp_path / "short" / "shards" / "train").glob("*.tar"))) as tar:
+        captions = [tar.extractfile(m).read().decode() for m in tar.getmembers() if m.name.endswith(".txt")]
+    assert captions and all(len(c.split()) <= 30 for c in captions)  # no detailed caption (40-120 words)
+    with pytest.raises(SystemExit, match="--short-fraction: 1.5"):
+        main(["toy", "data", "--out", str(tmp_path / "bad"), "--short-fraction", "1.5"])
+
+
 @pytest.mark.parametrize("world", WORLDS)
 def test_judges_on_clean_renders_of_each_world(world):
     acc = validate(n=60, seed=1, corrupt="none", world=world)

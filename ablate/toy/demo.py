@@ -15,8 +15,10 @@ import time
 from pathlib import Path
 
 DATA_DIR = Path("data/toy")
+# short_fraction: the share of GenEval-style short captions in the training shards (the rest
+# detailed, DPG-style); the benchmarks are the same whatever it is.
 TOY_DATA = {"seed": 0, "n_train": 6000, "n_validation": 200, "shard_size": 1000,
-            "n_geneval": 120, "n_dpg": 60, "n_mjhq": 400}
+            "n_geneval": 120, "n_dpg": 60, "n_mjhq": 400, "short_fraction": 0.2}
 
 
 def prepare_toy_data(out: str | Path = DATA_DIR, world: str | None = None, **sizes) -> Path:
@@ -35,7 +37,7 @@ def prepare_toy_data(out: str | Path = DATA_DIR, world: str | None = None, **siz
     print(f"toy data: rendering {spec['n_train']} training scenes of the {spec['world']} world and the "
           f"benchmarks into {out}/ ...", flush=True)
     write_shards(out / "shards", spec["n_train"], spec["n_validation"], seed=spec["seed"],
-                 shard_size=spec["shard_size"], world=spec["world"])
+                 shard_size=spec["shard_size"], short_fraction=spec["short_fraction"], world=spec["world"])
     write_benchmarks(out / "benchmarks", seed=spec["seed"], n_geneval=spec["n_geneval"],
                      n_dpg=spec["n_dpg"], n_mjhq=spec["n_mjhq"], world=spec["world"])
     stamp.write_text(json.dumps(spec, indent=2))
