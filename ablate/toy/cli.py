@@ -38,12 +38,14 @@ def _toy_check(args) -> None:
 
 
 def _toy_data(args) -> None:
-    from ablate.toy.demo import TOY_DATA, prepare_toy_data
+    from ablate.toy.demo import prepare_toy_data, scaled_sizes
 
-    if not 0 <= args.short_fraction <= 1:
-        raise SystemExit(f"--short-fraction: {args.short_fraction} is not a share; expected a number in [0, 1]")
-    sizes = {k: max(8, int(v * args.scale)) for k, v in TOY_DATA.items() if k.startswith("n_")}
-    print(prepare_toy_data(args.out, world=args.world, seed=args.seed, short_fraction=args.short_fraction, **sizes))
+    settings = scaled_sizes(args.scale)
+    if args.short_fraction is not None:
+        if not 0 <= args.short_fraction <= 1:
+            raise SystemExit(f"--short-fraction: {args.short_fraction} is not a share; expected a number in [0, 1]")
+        settings["short_fraction"] = args.short_fraction
+    print(prepare_toy_data(args.out, world=args.world, seed=args.seed, **settings))
 
 
 def add_commands(sub) -> None:
@@ -70,9 +72,9 @@ def add_commands(sub) -> None:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--world", type=_build_option("WORLDS", "scenes"), default=None,
                    help="the toy world (default: the one the shipped assets were built on)")
-    d.add_argument("--short-fraction", type=float, default=0.2,
+    d.add_argument("--short-fraction", type=float, default=None,
                    help="share of GenEval-style short captions in the training shards, the rest detailed "
-                        "(default: 0.2, the demo's mix; 1: short only)")
+                        "(default: the demo's mix, ablate.toy.demo.TOY_DATA; 1: short only)")
     d.set_defaults(func=_toy_data)
     c = toy.add_parser("check", help="say where the toy assets are, or what is missing")
     c.add_argument("path", nargs="?", default=None)

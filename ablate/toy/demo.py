@@ -21,15 +21,21 @@ TOY_DATA = {"seed": 0, "n_train": 6000, "n_validation": 200, "shard_size": 1000,
             "n_geneval": 120, "n_dpg": 60, "n_mjhq": 400, "short_fraction": 0.2}
 
 
-def prepare_toy_data(out: str | Path = DATA_DIR, world: str | None = None, **sizes) -> Path:
+def scaled_sizes(scale: float) -> dict[str, int]:
+    """``TOY_DATA``'s set sizes times ``scale`` (at least 8 each)."""
+    return {k: max(8, int(v * scale)) for k, v in TOY_DATA.items() if k.startswith("n_")}
+
+
+def prepare_toy_data(out: str | Path = DATA_DIR, world: str | None = None, **settings) -> Path:
     """Write the toy shards and benchmark files of ``world`` (default: the world the shipped
-    assets were built on) under ``out`` unless the same set is there."""
+    assets were built on) under ``out`` unless the same set is there; ``settings`` override
+    ``TOY_DATA`` (sizes, seed, caption mix)."""
     from ablate.toy.benchmarks import write_benchmarks
     from ablate.toy.build import assets_world
     from ablate.toy.shards import write_shards
 
     out = Path(out)
-    spec = {**TOY_DATA, **sizes, "world": world or assets_world()}
+    spec = {**TOY_DATA, **settings, "world": world or assets_world()}
     stamp = out / "toy_data.json"
     if stamp.is_file() and json.loads(stamp.read_text()) == spec:
         return out
@@ -81,8 +87,7 @@ def run_demo(study_path: str | Path | None = None, overrides=(), data_scale: flo
     study = load_study(study_path or default_study(), overrides)
     workers = default_workers(len(study.cells)) if workers is None else workers
     check_workers(workers)  # before any toy data is written
-    prepare_toy_data(**{k: max(8, int(v * data_scale)) for k, v in TOY_DATA.items()
-                        if k.startswith("n_")})
+    prepare_toy_data(**scaled_sizes(data_scale))
     if workers > 1:
         outcomes = run_workers(study, list(overrides), workers, rerun_changed=rerun_changed)
     else:
