@@ -96,12 +96,14 @@ def swap_conditioning(module: AblationModule, kind: str, seed: int) -> None:
     def conditioning(captions: list[str]) -> torch.Tensor:
         enc = backbone.tokenize(captions)  # left-padded: every caption ends at the last position
         ids, mask = enc["input_ids"][:, -n:], enc["attention_mask"][:, -n:]
-        if kind == "words":
+        if kind == "words":  # built on the CPU, moved with the result
             states = table[ids] + position[-ids.shape[1]:]
         else:
-            out = backbone.lm.get_decoder()(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                                            position_ids=backbone._prompt_positions(enc["attention_mask"]))
-            states = out.last_hidden_state[:, -n:].float()
+            device = backbone.queries.device
+            full_mask = enc["attention_mask"].to(device)
+            out = backbone.lm.get_decoder()(input_ids=enc["input_ids"].to(device), attention_mask=full_mask,
+                                            position_ids=backbone._prompt_positions(full_mask))
+            states = out.last_hidden_state[:, -n:].float().cpu()
         states = states * mask[..., None]  # padding reads as zeros
         return torch.nn.functional.pad(states, (0, 0, n - states.shape[1], 0)).to(backbone.queries.device)
 
