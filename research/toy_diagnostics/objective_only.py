@@ -88,24 +88,23 @@ def swap_conditioning(module: AblationModule, kind: str, seed: int) -> None:
     if kind == "queries":
         return
     backbone, n = module.backbone, module.backbone.num_queries
+    device = backbone.queries.device  # where tokenize() puts the ids
     table = torch.randn(len(backbone.tokenizer), backbone.hidden_size,
-                        generator=torch.Generator().manual_seed(seed)) if kind == "words" else None
-    position = sinusoid(n, backbone.hidden_size)
+                        generator=torch.Generator().manual_seed(seed)).to(device) if kind == "words" else None
+    position = sinusoid(n, backbone.hidden_size).to(device)
 
     @torch.no_grad()
     def conditioning(captions: list[str]) -> torch.Tensor:
         enc = backbone.tokenize(captions)  # left-padded: every caption ends at the last position
         ids, mask = enc["input_ids"][:, -n:], enc["attention_mask"][:, -n:]
-        if kind == "words":  # built on the CPU, moved with the result
+        if kind == "words":
             states = table[ids] + position[-ids.shape[1]:]
         else:
-            device = backbone.queries.device
-            full_mask = enc["attention_mask"].to(device)
-            out = backbone.lm.get_decoder()(input_ids=enc["input_ids"].to(device), attention_mask=full_mask,
-                                            position_ids=backbone._prompt_positions(full_mask))
-            states = out.last_hidden_state[:, -n:].float().cpu()
+            out = backbone.lm.get_decoder()(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                                            position_ids=backbone._prompt_positions(enc["attention_mask"]))
+            states = out.last_hidden_state[:, -n:].float()
         states = states * mask[..., None]  # padding reads as zeros
-        return torch.nn.functional.pad(states, (0, 0, n - states.shape[1], 0)).to(backbone.queries.device)
+        return torch.nn.functional.pad(states, (0, 0, n - states.shape[1], 0))
 
     module.conditioning = conditioning
 
