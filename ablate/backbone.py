@@ -95,6 +95,19 @@ class Backbone(nn.Module):
     def _prompt_positions(attention_mask: torch.Tensor) -> torch.Tensor:
         return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
+    @torch.no_grad()
+    def _prompt_pass(self, input_ids, attention_mask, use_cache: bool = False):
+        """The frozen LM over the prompt alone, without a graph (its output: hidden states and,
+        with ``use_cache``, the KV cache)."""
+        return self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
+                                     position_ids=self._prompt_positions(attention_mask), use_cache=use_cache)
+
+    def prompt_states(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The LM's last hidden states at the prompt's own tokens ``[B, L, hidden]`` (left-padded:
+        every prompt ends at the last position) and their attention mask ``[B, L]``."""
+        enc = self.tokenize(captions)
+        return self._prompt_pass(enc["input_ids"], enc["attention_mask"]).last_hidden_state, enc["attention_mask"]
+
     def _forward_full(self, input_ids, attention_mask) -> torch.Tensor:
         """Prompt and queries in one pass (the reference path)."""
         base = self.lm.get_decoder()
@@ -109,9 +122,7 @@ class Backbone(nn.Module):
     def _forward_cached(self, input_ids, attention_mask) -> torch.Tensor:
         """Prompt once without a graph, then only the query positions with its KV cache."""
         base = self.lm.get_decoder()
-        with torch.no_grad():
-            prompt = base(input_ids=input_ids, attention_mask=attention_mask,
-                          position_ids=self._prompt_positions(attention_mask), use_cache=True)
+        prompt = self._prompt_pass(input_ids, attention_mask, use_cache=True)
         queries, query_positions = self._query_inputs(attention_mask)
         mask = torch.cat([attention_mask, torch.ones_like(query_positions)], dim=1)
         # transformers >= 5.2 names the KV cache ``cache``; older LMs ``past_key_values``.

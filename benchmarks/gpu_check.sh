@@ -76,31 +76,31 @@ section "paper-size cells (random-init Llama-3.2-1B / CLIP ViT-L/14-336 / FLUX V
 python3 benchmarks/real_size.py --out "$OUT/real_size.json" 2>&1 | quiet
 fi
 if want learning; then
-# The three runs share the GPU in parallel; each stops at LEARN_TIMEOUT seconds, and what it
+# The four runs share the GPU in parallel; each stops at LEARN_TIMEOUT seconds, and what it
 # evaluated by then is kept (metrics.csv is appended at every evaluation).
-section "learning: FM heads alone on cached pairs (${LEARN_STEPS:=10000} steps of batch 64) and the full clip+fm run (${GRID_STEPS:=5000} steps)"
+section "learning: FM heads alone on cached pairs (${LEARN_STEPS:=10000} steps of batch 64) and the full clip+fm and short-caption vae+fm runs (${GRID_STEPS:=5000} steps)"
 for cell in vae+fm clip+fm; do
   timeout ${LEARN_TIMEOUT:=1800} python3 research/toy_diagnostics/objective_only.py experiments/demo.yaml --cell $cell \
     --set train.max_steps=$LEARN_STEPS data.batch_size=64 --every ${LEARN_EVERY:-2500} --out /tmp/learning 2>&1 \
     | quiet | grep --line-buffered -E "^(cached|step)" | cut -c1-600 | sed -u "s/^/[$cell] /" &
 done
-# the real training path (queries train too): what a GPU `ablate demo` would run, longer
-timeout $LEARN_TIMEOUT $A grid experiments/demo.yaml --only clip+fm --set study=learning-grid --set train.accelerator=gpu \
-  --set train.precision=bf16-mixed --set train.max_steps=$GRID_STEPS --set data.batch_size=64 --set data.num_workers=4 \
-  --set train.progress_bar=false --set eval.every_n_steps=${GRID_EVERY:-1250} --set train.checkpoint_every_n_steps=$GRID_STEPS \
-  > "$OUT/learning_grid.log" 2>&1 &
+# learning_grid NAME CELL [--set ...]: the real training path (queries train too), what a GPU
+# `ablate demo` would run, longer; its metrics and samples land in /tmp/learning/NAME
+learning_grid() {
+  local name=$1 cell=$2; shift 2
+  timeout $LEARN_TIMEOUT $A grid experiments/demo.yaml --only $cell --set study=learning-$name --set train.accelerator=gpu \
+    --set train.precision=bf16-mixed --set train.max_steps=$GRID_STEPS --set data.batch_size=64 --set data.num_workers=4 \
+    --set train.progress_bar=false --set eval.every_n_steps=${GRID_EVERY:-1250} --set train.checkpoint_every_n_steps=$GRID_STEPS \
+    "$@" > "$OUT/learning_$name.log" 2>&1
+  # the device tool returns no names with '+' and no deep folders: one flat csv per run, one tarball
+  mkdir -p /tmp/learning/$name && cp -r results/learning-$name/$cell-seed0/{metrics.csv,samples} /tmp/learning/$name/ 2>/dev/null
+}
+learning_grid grid clip+fm &
 # VAE+FM on GenEval-style captions only (on CPU: GenEval 0.24 after 8,000 steps of batch 16,
 # results/reference/multi_object/): how far do more steps take it?
 $A toy data --out data/toy_short --short-fraction 1 2>&1 | tail -1
-timeout $LEARN_TIMEOUT $A grid experiments/demo.yaml --only vae+fm --set study=learning-grid-short --set train.accelerator=gpu \
-  --set train.precision=bf16-mixed --set train.max_steps=$GRID_STEPS --set data.batch_size=64 --set data.num_workers=4 \
-  --set 'data.train.urls=data/toy_short/shards/train/shards-{00000..00005}.tar' \
-  --set train.progress_bar=false --set eval.every_n_steps=${GRID_EVERY:-1250} --set train.checkpoint_every_n_steps=$GRID_STEPS \
-  > "$OUT/learning_grid_short.log" 2>&1 &
+learning_grid grid_short vae+fm --set 'data.train.urls=data/toy_short/shards/train/shards-{00000..00005}.tar' &
 wait
-# the device tool returns no names with '+' and no deep folders: one flat csv per run, one tarball
-mkdir -p /tmp/learning/grid /tmp/learning/grid_short && cp -r results/learning-grid/clip+fm-seed0/{metrics.csv,samples} /tmp/learning/grid/ 2>/dev/null
-cp -r results/learning-grid-short/vae+fm-seed0/{metrics.csv,samples} /tmp/learning/grid_short/ 2>/dev/null
 for f in /tmp/learning/*/metrics.csv; do d=${f%/metrics.csv}; d=${d##*/}; cp "$f" "$OUT/learning_${d/+/_}.csv"; done
 tar czf "$OUT/learning_samples.tgz" --exclude="*.csv" --exclude="*.yaml" -C /tmp learning
 python3 - "$OUT" <<'PY'

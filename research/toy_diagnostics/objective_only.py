@@ -95,14 +95,14 @@ def swap_conditioning(module: AblationModule, kind: str, seed: int) -> None:
 
     @torch.no_grad()
     def conditioning(captions: list[str]) -> torch.Tensor:
-        enc = backbone.tokenize(captions)  # left-padded: every caption ends at the last position
-        ids, mask = enc["input_ids"][:, -n:], enc["attention_mask"][:, -n:]
+        # left-padded: every caption ends at the last position, so the last n are its end
         if kind == "words":
+            enc = backbone.tokenize(captions)
+            ids, mask = enc["input_ids"][:, -n:], enc["attention_mask"][:, -n:]
             states = table[ids] + position[-ids.shape[1]:]
         else:
-            out = backbone.lm.get_decoder()(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                                            position_ids=backbone._prompt_positions(enc["attention_mask"]))
-            states = out.last_hidden_state[:, -n:].float()
+            states, mask = backbone.prompt_states(captions)
+            states, mask = states[:, -n:].float(), mask[:, -n:]
         states = states * mask[..., None]  # padding reads as zeros
         return torch.nn.functional.pad(states, (0, 0, n - states.shape[1], 0))
 

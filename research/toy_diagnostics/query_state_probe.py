@@ -32,9 +32,14 @@ from ablate.config import BackboneConfig
 from ablate.toy.scenes import COLORS, SHAPES, WORLDS, caption, sample_scene
 
 
+def standardised(x: np.ndarray, train: int) -> np.ndarray:
+    """``x`` standardised per feature with the statistics of its first ``train`` rows."""
+    return (x - x[:train].mean(0)) / (x[:train].std(0) + 1e-6)
+
+
 def ridge_accuracy(x: np.ndarray, y: np.ndarray, classes: int, train: int, alpha: float = 10.0) -> float:
     """Held-out accuracy of a one-vs-all ridge probe on standardised features."""
-    x = (x - x[:train].mean(0)) / (x[:train].std(0) + 1e-6)
+    x = standardised(x, train)
     onehot = np.eye(classes)[y]
     w = np.linalg.solve(x[:train].T @ x[:train] + alpha * np.eye(x.shape[1]), x[:train].T @ onehot[:train])
     return float(((x[train:] @ w).argmax(1) == y[train:]).mean())
@@ -49,7 +54,7 @@ def explained(x: np.ndarray, y: np.ndarray, classes: int) -> float:
 
 def kernel_ridge_accuracy(x: np.ndarray, y: np.ndarray, classes: int, train: int, alpha: float = 1.0) -> float:
     """``ridge_accuracy`` in its dual form (a linear kernel), for more features than captions."""
-    x = (x - x[:train].mean(0)) / (x[:train].std(0) + 1e-6)
+    x = standardised(x, train)
     kernel = x @ x[:train].T / x.shape[1]
     coef = np.linalg.solve(kernel[:train] + alpha * np.eye(train), np.eye(classes)[y[:train]])
     return float(((kernel[train:] @ coef).argmax(1) == y[train:]).mean())
@@ -70,11 +75,9 @@ def two_object_probe(backbone: Backbone, n: int, seed: int) -> None:
         labels.append((c1, s1, c2, s2, rel))
     with torch.no_grad():
         states = torch.cat([backbone(texts[i:i + 100]) for i in range(0, n, 100)]).float()
-        enc = backbone.tokenize(texts)
-        mask = enc["attention_mask"]  # left-padded: the last position is every prompt's last token
-        out = backbone.lm.get_decoder()(input_ids=enc["input_ids"], attention_mask=mask,
-                                        position_ids=backbone._prompt_positions(mask))
-        last_token = out.last_hidden_state[:, -1].float()
+        # left-padded: the last position is every prompt's last token
+        last_token = torch.cat([backbone.prompt_states(texts[i:i + 100])[0][:, -1]
+                                for i in range(0, n, 100)]).float()
     labels = np.array(labels)
     targets = {"colour 1": len(colors), "shape 1": len(SHAPES), "colour 2": len(colors), "shape 2": len(SHAPES),
                "relation": len(RELATIONS) + 1}
