@@ -93,9 +93,12 @@ class Stepper:
                 cond = m.conditioning(batch["captions"])
             with clock("head"):
                 loss = m.objective.loss(cond, target)["loss"]
-        if times is not None:  # when the gradient reaches the queries' output, the head is done
+        # when the gradient reaches the queries' output, the head is done; frozen queries
+        # (train.query_lr: 0) get no gradient, so the whole backward is the head's
+        trains_queries = cond.requires_grad
+        if times is not None and trains_queries:
             cond.register_hook(lambda grad: clock.split("head", "query_backward"))
-        with clock("query_backward"):
+        with clock("query_backward" if trains_queries else "head"):
             loss.backward()
         with clock("optimizer"):
             torch.nn.utils.clip_grad_norm_(m.trainable_parameters(), self.run.train.grad_clip or 1e9)

@@ -18,6 +18,17 @@ def test_bench_json(tiny_models, tiny_shards, tmp_path, capsys):
     assert result["params_frozen"] > 0  # the frozen LM and encoder
 
 
+def test_bench_frozen_queries(tiny_models, tiny_shards, tmp_path, capsys):
+    """train.query_lr: 0 leaves the query states without a graph: the step's parts are still
+    timed (the whole backward is the head's) (it crashed registering a hook on them)."""
+    spec = tiny_run_spec(tiny_models, tiny_shards, tmp_path, "vae", "flow_matching")
+    spec["train"]["query_lr"] = 0.0
+    assert main(["bench", str(write_spec(spec, tmp_path / "run.yaml")), "--steps", "2", "--warmup", "1",
+                 "--json"]) == 0
+    share = json.loads(capsys.readouterr().out)["share"]
+    assert share["query_backward"] == 0 and share["head"] > 0
+
+
 def test_recorded_run_config_is_a_run_spec(tiny_models, tiny_shards, tmp_path, capsys):
     """A run's config.yaml (spec + provenance) benches / reloads as it is."""
     from ablate.config import load_run, to_dict
