@@ -40,6 +40,20 @@ def test_objective_only_trains_the_head_and_logs_the_run_metrics(tiny_models, ti
     assert recorded["train"]["max_steps"] == 3 and "git" in recorded["provenance"]
 
 
+def test_objective_only_reports_the_heads_ema_beside_its_raw_weights(tiny_models, tiny_shards, tmp_path,
+                                                                    monkeypatch):
+    study = _shrunk_demo(tiny_models, tiny_shards, tmp_path)
+    out = tmp_path / "objective_only"
+    monkeypatch.setattr(sys, "argv", ["objective_only.py", str(study), "--cell", "vae+fm", "--pairs", "6",
+                                      "--every", "2", "--out", str(out), "--recall", "0",
+                                      "--set", "train.max_steps=2", "train.ema_decay=0.9"])
+    runpy.run_path(str(ROOT / "research" / "toy_diagnostics" / "objective_only.py"), run_name="__main__")
+    row = pd.read_csv(out / "vae+fm" / "metrics.csv").iloc[-1]
+    raw = sorted(c for c in row.index if c.split("/")[0] in {"geneval", "dpg", "fid", "diversity"})
+    assert raw and all(pd.notna(row[f"ema/{c}"]) for c in raw)  # every raw metric, again from the EMA
+    assert (out / "vae+fm" / "ema" / "eval" / "0000002").is_dir()  # its items apart from the raw ones'
+
+
 @pytest.mark.parametrize("kind", ["words", "prompt"])
 def test_swapped_conditioning_reads_the_caption_padded_to_the_query_count(tiny_models, tiny_shards, tmp_path, kind):
     from ablate.module import AblationModule

@@ -49,12 +49,11 @@ Figures only; nothing here asserts a target.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import time
 from pathlib import Path
 
 import torch
-from torch.optim.swa_utils import get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ablate.eval.callback import build_metrics, run_metrics
 from ablate.eval.runner import append_metrics
@@ -172,39 +171,6 @@ def conditioning_recall(objective, conds: torch.Tensor, targets: torch.Tensor, s
     return (own / other).item()
 
 
-class HeadEMA:
-    """EMA of ``params`` (torch's rule, starting from the weights after the first step, as the
-    training loop's ``ablate.ema.EMA`` callback does); ``swapped()`` puts it in for a report."""
-
-    def __init__(self, params: list[torch.nn.Parameter], decay: float):
-        self.params, self.update = params, get_ema_multi_avg_fn(decay)
-        self.averages = [p.detach().clone() for p in params]
-        self.n_averaged = 0
-
-    @torch.no_grad()
-    def step(self) -> None:
-        current = [p.detach() for p in self.params]
-        if self.n_averaged == 0:
-            for avg, p in zip(self.averages, current):
-                avg.copy_(p)
-        else:
-            self.update(self.averages, current, self.n_averaged)
-        self.n_averaged += 1
-
-    @contextlib.contextmanager
-    def swapped(self):
-        raw = [p.detach().clone() for p in self.params]
-        with torch.no_grad():
-            for p, avg in zip(self.params, self.averages):
-                p.copy_(avg)
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for p, r in zip(self.params, raw):
-                    p.copy_(r)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("study", help="a study YAML (experiments/...)")
@@ -240,7 +206,9 @@ def main() -> None:
     params = [q for q in objective.parameters() if q.requires_grad]
     metrics = build_metrics(run.eval.metrics) if args.metrics else []
     order = torch.Generator().manual_seed(run.seed)
-    ema = HeadEMA(params, t.ema_decay) if t.ema_decay else None
+    # the training loop's EMA rule (ablate.ema: torch's, from the weights after the first step)
+    ema = (AveragedModel(objective, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True)
+           if t.ema_decay else None)
     losses: list[float] = []
     train_s = 0.0
     for step in range(1, t.max_steps + 1):
@@ -248,13 +216,16 @@ def main() -> None:
         losses.append(head_step(objective, opt, params, conds, targets, run, step, order))
         sched.step()
         if ema is not None:
-            ema.step()
+            ema.update_parameters(objective)
         train_s += time.time() - tick
         if step % args.every == 0 or step == t.max_steps:
             values = run_metrics(module, run, step, out_dir, metrics) if metrics else {}
             if ema is not None and metrics:
-                with ema.swapped():
+                module.objective = ema.module
+                try:
                     averaged = run_metrics(module, run, step, out_dir / "ema", metrics)
+                finally:
+                    module.objective = objective
                 values.update({f"ema/{k}": v for k, v in averaged.items()})
             values["train/loss"] = sum(losses[-args.every:]) / len(losses[-args.every:])
             n_recall = min(args.recall, len(targets))
