@@ -19,8 +19,8 @@ def test_bench_json(tiny_models, tiny_shards, tmp_path, capsys):
 
 
 def test_bench_frozen_queries(tiny_models, tiny_shards, tmp_path, capsys):
-    """train.query_lr: 0 leaves the query states without a graph: the step's parts are still
-    timed (the whole backward is the head's) (it crashed registering a hook on them)."""
+    """train.query_lr: 0 leaves the query states without a graph (bench crashed hooking them):
+    the step's parts are still timed, the whole backward counted as the head's."""
     spec = tiny_run_spec(tiny_models, tiny_shards, tmp_path, "vae", "flow_matching")
     spec["train"]["query_lr"] = 0.0
     assert main(["bench", str(write_spec(spec, tmp_path / "run.yaml")), "--steps", "2", "--warmup", "1",

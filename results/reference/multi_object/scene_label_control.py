@@ -18,7 +18,9 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
+from PIL import Image
 
 from ablate.data.stream import preprocess
 from ablate.eval.sampling import to_pil
@@ -123,12 +125,9 @@ def main() -> None:
             shown = {n: (round(r / o, 2), round(sr / s, 2)) for n, (r, o, sr, s) in sorted(by_n.items())}
             print(f"step {step}: (object, scene) accuracy by object count {shown}, train {train_s:.0f}s", flush=True)
             out_dir.mkdir(parents=True, exist_ok=True)
-            import pandas as pd
             pd.DataFrame(rows).to_csv(out_dir / "scene_label_control.csv", index=False)
-            images[0].save(out_dir / f"probe_{step:07d}_0.png")
             grid = np.concatenate([np.concatenate([np.asarray(im) for im in images[r * 10:(r + 1) * 10]], 1)
                                    for r in range(min(4, len(images) // 10))], 0)
-            from PIL import Image
             Image.fromarray(grid).save(out_dir / f"probe_{step:07d}.png")
 
 
