@@ -59,14 +59,14 @@ def labels(scenes, tables, n_tokens: int, hidden: int, slots: bool = True) -> to
 
 def judge(image, scene: Scene, anywhere: bool = False) -> tuple[int, bool]:
     """(objects right, scene right) of one sample; ``anywhere``: at any position."""
-    segs, used = segment(image), set()
+    segs, used, side = segment(image), set(), image.width
     right = 0
     for o in scene.objects:
         for j, seg in enumerate(segs):
             if j in used:
                 continue
             x0, y0, x1, y1 = seg["box"]
-            near = anywhere or (abs((x0 + x1) / 2 / 64 - o.x) < 0.15 and abs((y0 + y1) / 2 / 64 - o.y) < 0.15)
+            near = anywhere or (abs((x0 + x1) / 2 / side - o.x) < 0.15 and abs((y0 + y1) / 2 / side - o.y) < 0.15)
             if near and classify(seg["features"])[0] == o.shape and nearest_color(seg["rgb"]) == o.color:
                 right += 1
                 used.add(j)
@@ -85,8 +85,9 @@ def main() -> None:
     p.add_argument("--out", default="results/scene_label_control")
     p.add_argument("--no-slots", action="store_true",
                    help="leave the slot out of the label: the head picks the placement, as from a caption")
+    p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     run, module, out_dir = load_cell(args, {"scene_label_control": vars(args)})
     backbone = module.backbone
     g = torch.Generator().manual_seed(run.seed)
